@@ -1,0 +1,61 @@
+"""Load the compiled library and refuse one built against another torch (its ABI would not match)."""
+import importlib
+
+import torch
+
+_C = None
+
+_REBUILD_HINT = "rebuild it: pip install --no-build-isolation -e .  (from the arseg source tree)"
+
+
+def load_library():
+    """Import arseg_ops._C, which registers the torch.ops.arseg_ops operators."""
+    global _C
+    if _C is not None:
+        return _C
+    try:
+        module = importlib.import_module("arseg_ops._C")
+    except ImportError as exc:
+        raise ImportError(
+            "arseg_ops: the compiled extension arseg_ops._C could not be loaded (%s). It is either not built "
+            "or built against another torch than the installed %s; %s" % (exc, torch.__version__, _REBUILD_HINT)
+        ) from exc
+    check_torch_version(module.torch_version, torch.__version__)
+    _C = module
+    return module
+
+
+def check_torch_version(built, installed):
+    """An extension must run on the torch it was compiled against: the C++ ABI is not stable across releases."""
+    if built != installed:
+        raise ImportError(
+            "arseg_ops._C was built against torch %s but torch %s is installed; %s" % (built, installed, _REBUILD_HINT)
+        )
+
+
+def build_info():
+    """What the installed extension was compiled with: backends, CUDA archs, torch and CUDA versions."""
+    module = load_library()
+    with_cuda = bool(module.with_cuda)
+    archs = [a for a in module.cuda_archs.replace(",", ";").split(";") if a] if with_cuda else []
+    return {
+        "backends": ["cpu", "cuda"] if with_cuda else ["cpu"],
+        "cuda": with_cuda,
+        "cuda_archs": archs,
+        "cuda_version": module.cuda_version or None,
+        "torch_version": module.torch_version,
+        "torch_runtime_version": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+class poison_outputs:
+    """Context manager (tests only): every operator output is NaN-filled before its kernel writes it."""
+
+    def __enter__(self):
+        self._was = load_library()._set_poison_outputs(True)
+        return self
+
+    def __exit__(self, *exc):
+        load_library()._set_poison_outputs(self._was)
+        return False

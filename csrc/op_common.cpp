@@ -1,0 +1,95 @@
+#include "op_common.h"
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+namespace arseg {
+
+WarpMode parse_warp_mode(const std::string& mode) {
+  if (mode == "bilinear") return WarpMode::Bilinear;
+  if (mode == "nearest") return WarpMode::Nearest;
+  TORCH_CHECK(false, "arseg_ops.mv_warp: argument 'mode' must be 'bilinear' or 'nearest', got '", mode, "'");
+}
+
+WarpPadding parse_warp_padding(const std::string& padding_mode) {
+  if (padding_mode == "zeros") return WarpPadding::Zeros;
+  if (padding_mode == "border") return WarpPadding::Border;
+  TORCH_CHECK(false, "arseg_ops.mv_warp: argument 'padding_mode' must be 'zeros' or 'border', got '", padding_mode,
+              "'");
+}
+
+AttnPadding parse_attn_padding(const std::string& padding) {
+  if (padding == "zeros") return AttnPadding::Zeros;
+  if (padding == "exclude") return AttnPadding::Exclude;
+  TORCH_CHECK(false, "arseg_ops.local_attn: argument 'padding' must be 'zeros' or 'exclude', got '", padding, "'");
+}
+
+static void check_float_tensor(const char* op, const at::Tensor& t, const char* name) {
+  ARSEG_CHECK(t.defined(), op, "argument '", name, "' is undefined");
+  ARSEG_CHECK(at::isFloatingType(t.scalar_type()), op, "argument '", name,
+              "' must be a floating-point tensor (float32, float64, float16 or bfloat16), got ", t.scalar_type());
+}
+
+static void check_same_dtype_device(const char* op, const at::Tensor& t, const char* name, const at::Tensor& ref,
+                                    const char* ref_name) {
+  ARSEG_CHECK(t.scalar_type() == ref.scalar_type(), op, "argument '", name, "' has dtype ", t.scalar_type(),
+              " but '", ref_name, "' has ", ref.scalar_type(), "; they must match");
+  ARSEG_CHECK(t.device() == ref.device(), op, "argument '", name, "' is on ", t.device(), " but '", ref_name,
+              "' is on ", ref.device(), "; they must be on the same device");
+}
+
+void check_mv_warp_args(const char* op, const at::Tensor& feature, const at::Tensor& mv, double scale_x,
+                        double scale_y) {
+  check_float_tensor(op, feature, "feature");
+  check_float_tensor(op, mv, "mv");
+  ARSEG_CHECK(feature.dim() == 4, op, "argument 'feature' must be 4-D (N, C, H, W), got shape ", feature.sizes());
+  ARSEG_CHECK(mv.dim() == 4, op, "argument 'mv' must be 4-D (N, 2, Hb, Wb), got shape ", mv.sizes());
+  ARSEG_CHECK(mv.size(1) == 2, op, "argument 'mv' must have 2 channels (dx, dy) in dim 1, got shape ", mv.sizes());
+  ARSEG_CHECK(mv.size(0) == feature.size(0), op, "argument 'mv' has batch size ", mv.size(0), " but 'feature' has ",
+              feature.size(0));
+  ARSEG_CHECK(mv.size(2) >= 1 && mv.size(3) >= 1, op,
+              "argument 'mv' needs a block grid of at least 1x1, got shape ", mv.sizes());
+  check_same_dtype_device(op, mv, "mv", feature, "feature");
+  ARSEG_CHECK(std::isfinite(scale_x) && std::isfinite(scale_y), op, "argument 'scale' must be finite, got (",
+              scale_x, ", ", scale_y, ")");
+}
+
+void check_local_attn_args(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                           int64_t kernel_size, double scale) {
+  check_float_tensor(op, query, "query");
+  check_float_tensor(op, key, "key");
+  check_float_tensor(op, value, "value");
+  ARSEG_CHECK(query.dim() == 4, op, "argument 'query' must be 4-D (N, C, H, W), got shape ", query.sizes());
+  ARSEG_CHECK(key.sizes() == query.sizes(), op, "argument 'key' must have the shape of 'query' ", query.sizes(),
+              ", got ", key.sizes());
+  ARSEG_CHECK(value.dim() == 4 && value.size(0) == query.size(0) && value.size(2) == query.size(2) &&
+                  value.size(3) == query.size(3),
+              op, "argument 'value' must be (N, Cv, H, W) with N, H, W of 'query' ", query.sizes(), ", got ",
+              value.sizes());
+  check_same_dtype_device(op, key, "key", query, "query");
+  check_same_dtype_device(op, value, "value", query, "query");
+  ARSEG_CHECK(kernel_size >= 1 && kernel_size <= kMaxKernelSize && kernel_size % 2 == 1, op,
+              "argument 'kernel_size' must be odd and in [1, ", kMaxKernelSize, "], got ", kernel_size);
+  ARSEG_CHECK(std::isfinite(scale), op, "argument 'scale' must be finite, got ", scale);
+}
+
+static std::atomic<bool> g_poison_outputs{false};
+
+void set_poison_outputs(bool on) { g_poison_outputs.store(on); }
+bool poison_outputs() { return g_poison_outputs.load(); }
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  if (poison_outputs()) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
+void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name) {
+  check_float_tensor(op, grad, "grad_output");
+  ARSEG_CHECK(grad.sizes() == like.sizes(), op, "argument 'grad_output' must have shape ", like.sizes(), " (of '",
+              like_name, "'), got ", grad.sizes());
+  check_same_dtype_device(op, grad, "grad_output", like, like_name);
+}
+
+}  // namespace arseg

@@ -1,0 +1,45 @@
+// What every backend's torch glue (CPU and CUDA) shares: argument checks, option parsing, output allocation.
+// The Python wrappers validate first (ValueError/TypeError); these TORCH_CHECKs guard direct
+// torch.ops.arseg_ops.* calls so that no kernel ever sees a malformed argument.
+#pragma once
+
+#include <string>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "local_attn_math.h"
+#include "mv_warp_math.h"
+
+// float32, float64, float16 and bfloat16; the kernels accumulate in at::opmath_type (float, or double).
+#define ARSEG_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
+
+#define ARSEG_CHECK(cond, op, ...) TORCH_CHECK(cond, "arseg_ops.", op, ": ", __VA_ARGS__)
+
+namespace arseg {
+
+WarpMode parse_warp_mode(const std::string& mode);
+WarpPadding parse_warp_padding(const std::string& padding_mode);
+AttnPadding parse_attn_padding(const std::string& padding);
+
+// feature (N,C,H,W) and mv (N,2,Hb,Wb): rank, sizes, dtype, device. `out_like` (optional) is a tensor that must
+// have feature's shape, dtype and device (grad_output in the backward).
+void check_mv_warp_args(const char* op, const at::Tensor& feature, const at::Tensor& mv, double scale_x,
+                        double scale_y);
+
+// query/key (N,C,H,W), value (N,Cv,H,W), kernel_size odd in [1, 15], finite scale.
+void check_local_attn_args(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                           int64_t kernel_size, double scale);
+
+// `grad` must match `like` in shape, dtype and device.
+void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name);
+
+// Allocates an operator output. When poisoning is on (tests only: arseg_ops._loader.poison_outputs), the memory is
+// filled with NaN first, so an element a kernel forgets to write shows up in every comparison.
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+void set_poison_outputs(bool on);
+bool poison_outputs();
+
+}  // namespace arseg

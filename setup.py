@@ -1,0 +1,89 @@
+"""Build arseg_ops._C: CPU kernels always, CUDA kernels when torch has CUDA and nvcc is found.
+
+Environment:
+  FORCE_CUDA=1          build the CUDA kernels even without a visible GPU (needs a CUDA build of torch + nvcc)
+  ARSEG_FORCE_CPU=1     never build the CUDA kernels
+  TORCH_CUDA_ARCH_LIST  CUDA architectures, e.g. "8.0;9.0" (default: the visible GPU's, else "8.0;9.0")
+  MAX_JOBS              parallel compile jobs (ninja)
+Always install with `pip install --no-build-isolation ...`: an isolated build would download another torch.
+"""
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda():
+    if _flag("ARSEG_FORCE_CPU"):
+        return False
+    if _flag("FORCE_CUDA"):
+        if torch.version.cuda is None:
+            raise RuntimeError(
+                "FORCE_CUDA=1 needs a CUDA build of torch, but torch %s has no CUDA "
+                "(unset FORCE_CUDA, or set ARSEG_FORCE_CPU=1)" % torch.__version__
+            )
+        if CUDA_HOME is None:
+            raise RuntimeError("FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _cuda_archs():
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not archs:
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            archs = "%d.%d" % (major, minor)
+        else:
+            archs = "8.0;9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # torch's BuildExtension reads it
+    return archs
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    define_macros = [("ARSEG_TORCH_VERSION", '"%s"' % torch.__version__)]
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3"]
+    if not with_cuda:
+        return CppExtension("arseg_ops._C", sources, define_macros=define_macros,
+                            extra_compile_args={"cxx": cxx_flags})
+    archs = _cuda_archs()
+    define_macros += [
+        ("ARSEG_WITH_CUDA", None),
+        ("ARSEG_CUDA_VERSION", '"%s"' % torch.version.cuda),
+        ("ARSEG_CUDA_ARCHS", '"%s"' % archs),
+    ]
+    sources += _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu")
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
+    return CUDAExtension("arseg_ops._C", sources, define_macros=define_macros,
+                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+
+
+setup(
+    name="arseg",
+    version="0.1.0",
+    description="Fused CPU/CUDA kernels for AR-Seg compressed-video semantic segmentation (mv_warp, local_attn)",
+    packages=["arseg_ops", "arseg_ops.models"],
+    package_dir={"arseg_ops": "arseg_ops", "arseg_ops.models": "models"},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "numpy", "av", "tqdm"],
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["arseg = arseg_ops.cli:main"]},
+    zip_safe=False,
+)
