@@ -1,0 +1,36 @@
+"""Shared pytest fixtures: every op test runs on CPU, and on CUDA when a GPU and a CUDA build are present."""
+import pytest
+import torch
+
+import arseg_ops
+from arseg_ops._loader import poison_outputs
+
+HAS_CUDA = torch.cuda.is_available() and arseg_ops.build_info()["cuda"]
+_NO_CUDA_REASON = "needs a CUDA device and an arseg_ops build with CUDA kernels"
+
+# Use as @pytest.mark.parametrize("device", DEVICES)
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason=_NO_CUDA_REASON)]),
+]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def poison():
+    """Fill every op output with NaN before its kernel writes it, so unwritten elements fail comparisons."""
+    with poison_outputs():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
