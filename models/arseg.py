@@ -1,0 +1,158 @@
+"""The AR-Seg pipeline: HR network on keyframes, LR network + motion-warped HR feature + CReFF on other frames.
+
+Motion-vector convention. `mv_to_key` (N, 2, Hb, Wb) is in image pixels on a block grid: image pixel p of the
+current frame corresponds to p + mv in the keyframe. The cached HR feature has its own grid (PSPNet-18: stride
+1, i.e. the image size when H, W are multiples of 8; BiSeNet-18: 1/8). Subsampling the image by f = H / H_feat,
+a feature pixel centre x_f lies at image coordinate (x_f + 0.5) * f - 0.5, so an image displacement d is d / f
+feature pixels; we call `arseg_ops.mv_warp(feature, mv, scale=(W_feat / W, H_feat / H))`, whose block lookup
+floor(y * Hb / H_feat) maps the motion grid proportionally onto the feature grid. Zero motion = identity warp.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+
+import arseg_ops
+
+from .bisenet import BiSeNet18, BiSeNet18WithCReFF
+from .checkpoint import load_official_state_dict
+from .creff import resize_ac
+from .pspnet import PSPNet18, PSPNet18WithCReFF
+
+# ImageNet statistics on the [0, 1] scale, RGB: what the release normalizes CamVid frames with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BACKBONES = {
+    "psp18": (PSPNet18, PSPNet18WithCReFF),
+    "bisenet18": (BiSeNet18, BiSeNet18WithCReFF),
+}
+
+
+def build_networks(backbone, num_classes=12, kernel_size=7):
+    """(HR network, LR network with CReFF) for backbone "psp18" | "bisenet18", without training-only heads."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    hr_cls, lr_cls = BACKBONES[backbone]
+    return hr_cls(num_classes), lr_cls(num_classes, kernel_size)
+
+
+def lr_size(size, scale):
+    """The LR network's input size: (int(H*scale), int(W*scale)), as the release."""
+    return int(size[0] * scale), int(size[1] * scale)
+
+
+def warp_to_frame(hr_feature, mv_to_key, image_size):
+    """Warp the keyframe's HR feature to the current frame; `mv_to_key` in image pixels (see module doc)."""
+    fh, fw = hr_feature.shape[-2:]
+    return arseg_ops.mv_warp(hr_feature, mv_to_key, scale=(fw / image_size[1], fh / image_size[0]))
+
+
+class ARSeg(nn.Module):
+    """AR-Seg inference: `keyframe(image)` runs and caches the HR feature; `non_keyframe(image, mv_to_key)`
+    runs the LR network at `scale` and fuses the warped cached feature. Images are (N, 3, H, W) normalized
+    float (see `normalize`); outputs are at (H, W): log-probabilities (psp18) or logits (bisenet18).
+    """
+
+    def __init__(self, backbone="psp18", num_classes=12, scale=0.5, kernel_size=7, *,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
+        self.backbone = backbone
+        self.scale = float(scale)
+        self.hr_net, self.lr_net = build_networks(backbone, num_classes, kernel_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self._key_feature = None
+        self._key_size = None
+
+    # ---- checkpoints ----
+    def load_official(self, hr_state_dict, lr_state_dict):
+        """Load the release's (HR, LR) state_dicts; "module." prefixes are accepted. Strict: see
+        checkpoint.load_official_state_dict (ValueError listing missing/unexpected/mismatched keys)."""
+        load_official_state_dict(self.hr_net, hr_state_dict, name="hr_state_dict")
+        load_official_state_dict(self.lr_net, lr_state_dict, name="lr_state_dict")
+        return self
+
+    # ---- per-frame inference ----
+    @staticmethod
+    def _check_image(image, what):
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"{what}: image must be a (N, 3, H, W) float tensor, got {shape}")
+        if not image.is_floating_point():
+            raise TypeError(f"{what}: image must be normalized float (use ARSeg.normalize for uint8), "
+                            f"got {image.dtype}")
+
+    def keyframe(self, image):
+        """HR network on a keyframe; caches its fusion feature for the following non-keyframes."""
+        self._check_image(image, "keyframe")
+        size = tuple(image.shape[-2:])
+        feature = self.hr_net.features(image)
+        self._key_feature, self._key_size = feature, size
+        return self.hr_net.classify(feature, size)
+
+    def non_keyframe(self, image, mv_to_key):
+        """LR network on image resized by `scale`, fused with the cached HR feature warped by `mv_to_key`
+        ((N, 2, Hb, Wb) image-pixel motion to the keyframe)."""
+        self._check_image(image, "non_keyframe")
+        if self._key_feature is None:
+            raise RuntimeError("non_keyframe: no keyframe has been processed yet; call keyframe() first")
+        size = tuple(image.shape[-2:])
+        if size != self._key_size or image.shape[0] != self._key_feature.shape[0]:
+            raise ValueError(f"non_keyframe: image batch/size {(image.shape[0],) + size} differs from the "
+                             f"keyframe's {(self._key_feature.shape[0],) + self._key_size}")
+        if not isinstance(mv_to_key, torch.Tensor) or mv_to_key.dim() != 4 or mv_to_key.shape[:2] != (
+                image.shape[0], 2):
+            shape = tuple(mv_to_key.shape) if isinstance(mv_to_key, torch.Tensor) else type(mv_to_key).__name__
+            raise ValueError(f"non_keyframe: mv_to_key must be a ({image.shape[0]}, 2, Hb, Wb) tensor, got {shape}")
+        warped = warp_to_frame(self._key_feature, mv_to_key.to(self._key_feature.dtype), size)
+        small = resize_ac(image, lr_size(size, self.scale))
+        return self.lr_net(small, warped, out_size=size)
+
+    def reset(self):
+        """Forget the cached keyframe feature."""
+        self._key_feature = self._key_size = None
+
+    # ---- training ----
+    def lr_training_step(self, image, labels, **kwargs):
+        """One LR-branch training step with this model's networks and scale: see models.lr_training_step."""
+        from .training import lr_training_step  # deferred: training imports this module
+
+        return lr_training_step(self.lr_net, self.hr_net, image, labels, scale=self.scale, **kwargs)
+
+    # ---- videos ----
+    def normalize(self, image):
+        """uint8 RGB (H, W, 3) or (N, H, W, 3), array or tensor -> (N, 3, H, W) float: (x/255 - mean) / std."""
+        image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+        if image.dtype != torch.uint8 or image.dim() not in (3, 4) or image.shape[-1] != 3:
+            raise ValueError(f"normalize: expected a uint8 RGB image (H, W, 3) or (N, H, W, 3), "
+                             f"got {image.dtype} {tuple(image.shape)}")
+        image = image.unsqueeze(0) if image.dim() == 3 else image
+        x = image.to(self.mean.device).permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def segment(self, frames):
+        """Yield an int64 class map (H, W) per frame. `frames`: arseg_ops.video frames (.image uint8 (H, W, 3)
+        RGB, .is_keyframe, .mv_to_key (2, Hb, Wb)) or (image, is_keyframe, mv_to_key) tuples. The first frame
+        must be a keyframe. Images are normalized with this model's mean/std (ImageNet's by default)."""
+        self.reset()
+        device = self.mean.device
+        for i, frame in enumerate(frames):
+            if isinstance(frame, (tuple, list)):
+                if len(frame) != 3:
+                    raise ValueError(f"segment: frame {i} must be (image, is_keyframe, mv_to_key), "
+                                     f"got a sequence of length {len(frame)}")
+                image, is_key, mv = frame
+            else:
+                image, is_key, mv = frame.image, frame.is_keyframe, frame.mv_to_key
+            x = self.normalize(image)
+            if is_key:
+                out = self.keyframe(x)
+            else:
+                if mv is None:
+                    raise ValueError(f"segment: frame {i} is not a keyframe but has no mv_to_key")
+                mv = torch.as_tensor(mv, dtype=torch.float32, device=device)
+                out = self.non_keyframe(x, mv.unsqueeze(0) if mv.dim() == 3 else mv)
+            yield out[0].argmax(dim=0).cpu()
