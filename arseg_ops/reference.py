@@ -74,8 +74,11 @@ def local_attn(query, key, value, kernel_size=7, *, scale=1.0, padding="zeros"):
     if N * H * W * Cv == 0:
         return value.new_zeros(value.shape, dtype=out_dtype) + 0 * (query.sum() + key.sum())
     # k*k shifted copies of key and value; out-of-image positions are zeros (logit 0, value 0).
-    k_unf = F.unfold(key, K, padding=K // 2).view(N, C, KK, H, W)
-    logits = (query.unsqueeze(2) * k_unf).sum(1) * float(scale)  # (N, KK, H, W)
+    if C > 0:
+        k_unf = F.unfold(key, K, padding=K // 2).view(N, C, KK, H, W)
+        logits = (query.unsqueeze(2) * k_unf).sum(1) * float(scale)  # (N, KK, H, W)
+    else:  # an empty dot product is 0 (unfold rejects zero channels)
+        logits = query.new_zeros(N, KK, H, W) + 0 * (query.sum() + key.sum())
     if padding == "exclude":
         ones = torch.ones(1, 1, H, W, device=query.device, dtype=dtype)
         inside = F.unfold(ones, K, padding=K // 2).view(1, KK, H, W) > 0

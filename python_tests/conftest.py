@@ -34,3 +34,8 @@ def poison():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-large", action="store_true", default=False,
+                     help="run the tests that allocate tensors of more than 2^31 elements")

@@ -118,12 +118,12 @@ void forward_kernel(const AttnGeometry& g, const scalar_t* q, const scalar_t* k,
   });
 }
 
-template <typename scalar_t>
+// P_all, dS_all: scratch of N*H*k*k*W accumulators each (allocated by the caller as tensors, so memory
+// profilers see them).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 void backward_kernel(const AttnGeometry& g, const scalar_t* dout, const scalar_t* q, const scalar_t* k,
-                     const scalar_t* v, scalar_t* dq, scalar_t* dk, scalar_t* dv) {
-  using acc_t = at::opmath_type<scalar_t>;
+                     const scalar_t* v, scalar_t* dq, scalar_t* dk, scalar_t* dv, acc_t* P_all, acc_t* dS_all) {
   const int64_t row_len = g.KK * g.W;  // one (k*k, W) slab of P or dS per row
-  std::vector<acc_t> P_all(g.N * g.H * row_len), dS_all(g.N * g.H * row_len);
   const acc_t scale = static_cast<acc_t>(g.scale);
 
   // Pass 1, per query row: P, dP_j = <dout, v_j>, delta = sum_j P_j dP_j, dS_j = P_j (dP_j - delta) scale, dq.
@@ -131,8 +131,8 @@ void backward_kernel(const AttnGeometry& g, const scalar_t* dout, const scalar_t
     std::vector<acc_t> dP(row_len), mx(g.W), sm(g.W), acc(g.W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.H, y = row % g.H;
-      acc_t* P = P_all.data() + row * row_len;
-      acc_t* dS = dS_all.data() + row * row_len;
+      acc_t* P = P_all + row * row_len;
+      acc_t* dS = dS_all + row * row_len;
       row_softmax<scalar_t, acc_t>(g, q, k, n, y, P, mx.data(), sm.data());
       std::fill(dP.begin(), dP.end(), acc_t(0));
       for (int j = 0; j < g.KK; ++j) {
@@ -170,7 +170,7 @@ void backward_kernel(const AttnGeometry& g, const scalar_t* dout, const scalar_t
   });
 
   // Pass 2, per key row y': query pixel (y' - dy, x' - dx) sees key (y', x') at window position j = (dy, dx).
-  auto gather = [&](const std::vector<acc_t>& weights_all, const scalar_t* src, int64_t channels, scalar_t* dst) {
+  auto gather = [&](const acc_t* weights_all, const scalar_t* src, int64_t channels, scalar_t* dst) {
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(g.W);
       for (int64_t row = begin; row < end; ++row) {
@@ -182,7 +182,7 @@ void backward_kernel(const AttnGeometry& g, const scalar_t* dout, const scalar_t
             if (yq < 0 || yq >= g.H) continue;
             // key x' = query x + dx, for query x in [shifted_lo(dx), shifted_hi(dx)).
             const int64_t lo = shifted_lo(dx), hi = shifted_hi(dx, g.W);
-            const acc_t* wq = weights_all.data() + (n * g.H + yq) * row_len + j * g.W;
+            const acc_t* wq = weights_all + (n * g.H + yq) * row_len + j * g.W;
             const scalar_t* sr = row_ptr(src, n, channels, c, g.H, g.W, yq);
             for (int64_t x = lo; x < hi; ++x) acc[x + dx] += wq[x] * static_cast<acc_t>(sr[x]);
           }
@@ -224,10 +224,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attn_backward_cpu(const at:
   at::Tensor dv = new_output(value.sizes(), value.options());
   if (g.N * g.H * g.W == 0) return {dq, dk, dv};
   ARSEG_DISPATCH_FLOATS(q.scalar_type(), "local_attn_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_options = q.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    at::Tensor P_all = at::empty({g.N, g.H, g.KK, g.W}, acc_options);
+    at::Tensor dS_all = at::empty({g.N, g.H, g.KK, g.W}, acc_options);
     backward_kernel<scalar_t>(g, go.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(),
                               k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
                               dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
-                              dv.mutable_data_ptr<scalar_t>());
+                              dv.mutable_data_ptr<scalar_t>(), P_all.mutable_data_ptr<acc_t>(),
+                              dS_all.mutable_data_ptr<acc_t>());
   });
   return {dq, dk, dv};
 }

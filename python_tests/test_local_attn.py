@@ -1,0 +1,160 @@
+"""local_attn: the fused kernels against arseg_ops.reference, gradients, opcheck and torch.compile."""
+import pytest
+import torch
+
+import arseg_ops
+from arseg_ops import reference
+
+PADDINGS = ["zeros", "exclude"]
+# (N, C, Cv, H, W, kernel_size): windows larger than the image, 1x1 images, C=1, Cv != C, wide and tall.
+CASES = [
+    (2, 4, 3, 9, 11, 3),
+    (1, 8, 8, 12, 10, 7),
+    (2, 3, 5, 5, 4, 7),
+    (1, 2, 2, 6, 17, 15),
+    (3, 1, 2, 1, 1, 5),
+    (1, 5, 1, 13, 1, 3),
+    (1, 6, 4, 7, 8, 1),
+    (2, 16, 9, 8, 8, 11),
+]
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-12, rtol=1e-12)}
+
+
+def _inputs(case, device, dtype, requires_grad=False):
+    N, C, Cv, H, W, _ = case
+    q = torch.randn(N, C, H, W, device=device, dtype=dtype)
+    k = torch.randn(N, C, H, W, device=device, dtype=dtype)
+    v = torch.randn(N, Cv, H, W, device=device, dtype=dtype)
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_reference(device, poison, case, padding, dtype):
+    q, k, v = _inputs(case, device, dtype)
+    kernel_size = case[-1]
+    out = arseg_ops.local_attn(q, k, v, kernel_size, scale=0.35, padding=padding)
+    assert out.shape == v.shape and out.dtype == dtype and out.is_contiguous()
+    expected = reference.local_attn(q, k, v, kernel_size, scale=0.35, padding=padding)
+    torch.testing.assert_close(out, expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_backward_matches_reference(device, poison, case, padding):
+    kernel_size = case[-1]
+    grads = []
+    inputs = _inputs(case, device, torch.float64)
+    grad_out = torch.randn_like(inputs[2])
+    for fn in (arseg_ops.local_attn, reference.local_attn):
+        q, k, v = [t.clone().requires_grad_() for t in inputs]
+        fn(q, k, v, kernel_size, scale=0.6, padding=padding).backward(grad_out)
+        grads.append((q.grad, k.grad, v.grad))
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_gradcheck(device, padding, kernel_size):
+    q, k, v = _inputs((2, 3, 2, 5, 6, kernel_size), device, torch.float64, requires_grad=True)
+    fn = lambda q, k, v: arseg_ops.local_attn(q, k, v, kernel_size, scale=0.7, padding=padding)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_zero_padding_semantics(device):
+    """Zero padding: outside positions are in the softmax with logit 0 and value 0 (AR-Seg's CReFF)."""
+    q, k, v = _inputs((1, 2, 1, 1, 1, 3), device, torch.float64)
+    s = (q * k).sum().item()
+    # 1x1 image, 3x3 window: the centre plus 8 outside positions with logit 0.
+    expected = torch.exp(torch.tensor(s)) / (torch.exp(torch.tensor(s)) + 8) * v.item()
+    torch.testing.assert_close(arseg_ops.local_attn(q, k, v, 3).cpu().flatten(), expected.reshape(1).double())
+    # exclude: the centre alone gets weight 1
+    torch.testing.assert_close(arseg_ops.local_attn(q, k, v, 3, padding="exclude"), v)
+
+
+def test_kernel_size_one_is_identity(device):
+    q, k, v = _inputs((2, 3, 4, 5, 6, 1), device, torch.float32)
+    for padding in PADDINGS:
+        assert torch.equal(arseg_ops.local_attn(q, k, v, 1, padding=padding), v)
+
+
+def test_scale(device):
+    q, k, v = _inputs((1, 4, 3, 6, 7, 5), device, torch.float64)
+    torch.testing.assert_close(arseg_ops.local_attn(q, k, v, 5, scale=0.25), arseg_ops.local_attn(q * 0.25, k, v, 5))
+    # scale 0: uniform weights over all k*k positions (zeros) or over the inside ones (exclude)
+    for padding in PADDINGS:
+        torch.testing.assert_close(arseg_ops.local_attn(q, k, v, 5, scale=0.0, padding=padding),
+                                   reference.local_attn(q, k, v, 5, scale=0.0, padding=padding))
+
+
+def test_non_contiguous_inputs(device):
+    q, k, v = _inputs((2, 6, 5, 9, 10, 3), device, torch.float32)
+    expected = reference.local_attn(q, k, v, 3)
+    q_cl, k_cl = q.to(memory_format=torch.channels_last), k.to(memory_format=torch.channels_last)
+    v_t = v.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not (q_cl.is_contiguous() or k_cl.is_contiguous() or v_t.is_contiguous())
+    torch.testing.assert_close(arseg_ops.local_attn(q_cl, k_cl, v_t, 3), expected)
+    big = torch.randn(2, 10, 9, 20, device=device)[:, 1:7, :, ::2]
+    torch.testing.assert_close(arseg_ops.local_attn(big, k, v, 3), reference.local_attn(big.contiguous(), k, v, 3))
+
+
+@pytest.mark.parametrize("case", [(0, 3, 2, 4, 5, 3), (2, 3, 0, 4, 5, 3), (1, 0, 2, 4, 5, 3), (1, 3, 2, 0, 5, 3)])
+def test_empty_and_degenerate(device, case):
+    q, k, v = _inputs(case, device, torch.float64, requires_grad=True)
+    out = arseg_ops.local_attn(q, k, v, 3)
+    assert out.shape == v.shape
+    torch.testing.assert_close(out, reference.local_attn(q, k, v, 3))
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(device, dtype):
+    q, k, v = _inputs((2, 8, 6, 9, 11, 7), device, torch.float32)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    out = arseg_ops.local_attn(q, k, v, 7)
+    assert out.dtype == dtype
+    expected = reference.local_attn(q.float(), k.float(), v.float(), 7).to(dtype)
+    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_opcheck(device):
+    q, k, v = _inputs((2, 3, 2, 5, 6, 3), device, torch.float64)
+    ops = torch.ops.arseg_ops
+    for padding in PADDINGS:
+        req = [t.clone().requires_grad_() for t in (q, k, v)]
+        torch.library.opcheck(ops.local_attn.default, (*req, 3, 0.5, padding))
+        torch.library.opcheck(ops.local_attn_backward.default, (torch.randn_like(v), q, k, v, 3, 0.5, padding))
+
+
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    inputs = _inputs((1, 4, 3, 7, 9, 3), device, torch.float32)
+
+    def step(q, k, v):
+        return (arseg_ops.local_attn(q, k, v, 3, padding="zeros") + v).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    a = [t.clone().requires_grad_() for t in inputs]
+    b = [t.clone().requires_grad_() for t in inputs]
+    torch.testing.assert_close(compiled(*a), step(*b))
+    compiled(*a).backward()
+    step(*b).backward()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_backward_memory_is_bounded(device):
+    """The backward keeps O(N*H*W*k*k) scratch, never the unfolded C*k*k*H*W copies (checked on CPU by
+    looking at the largest allocation the profiler sees)."""
+    if device != "cpu":
+        pytest.skip("CPU allocation check")
+    N, C, H, W, K = 1, 32, 24, 24, 7
+    q, k, v = _inputs((N, C, C, H, W, K), device, torch.float32, requires_grad=True)
+    with torch.profiler.profile(profile_memory=True) as prof:
+        arseg_ops.local_attn(q, k, v, K).sum().backward()
+    unfolded_bytes = N * C * K * K * H * W * 4
+    peak = max((e.cpu_memory_usage for e in prof.key_averages()), default=0)
+    assert peak < unfolded_bytes / 4, (peak, unfolded_bytes)
