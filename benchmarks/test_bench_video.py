@@ -1,0 +1,59 @@
+"""Throughput of arseg_ops.video at CamVid size: decode + motion vectors + accumulation + RGB images, one core.
+
+The clip (960x720, 48 frames, GOP 12) is encoded at test time: a smooth random texture panning 2.5 px/frame
+right and 1.5 down, an independently moving patch, and mild per-frame noise so that the encoder codes
+residuals and mixed partition sizes as in real footage. extra_info["frames_per_s"] is the best round.
+The issue's target is >= 100 frames/s.
+"""
+import numpy as np
+import pytest
+import torch
+
+from arseg_ops import video
+
+HEIGHT, WIDTH, FRAMES = 720, 960, 48
+
+
+def _synthetic_frames(rng):
+    coarse = rng.integers(0, 256, (HEIGHT // 4 + 40, WIDTH // 4 + 60, 3)).astype(np.float32)
+    texture = np.kron(coarse, np.ones((4, 4, 1), np.float32))
+    for axis in (0, 1):  # soften the 4x4 steps so motion search has gradients to follow
+        texture = (np.roll(texture, 1, axis) + texture + np.roll(texture, -1, axis)) / 3
+    patch = texture[50:170, 50:210][::-1].copy()
+    for t in range(FRAMES):
+        oy, ox = int(t * 1.5), int(t * 2.5)
+        image = texture[oy : oy + HEIGHT, ox : ox + WIDTH].copy()
+        py, px = 200 + 3 * t, 300 - 4 * t
+        image[py : py + patch.shape[0], px : px + patch.shape[1]] = patch
+        image += rng.normal(0.0, 3.0, image.shape).astype(np.float32)
+        yield np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def camvid_sized_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench_video") / "pan_960x720.mp4"
+    video.encode(_synthetic_frames(np.random.default_rng(0)), path, gop=12, crf=23, preset="veryfast")
+    return path
+
+
+@pytest.mark.benchmark(group="video")
+def test_bench_video_decode_mv_accumulate(benchmark, camvid_sized_clip):
+    def read_all():
+        count = 0
+        with video.open(camvid_sized_clip, block_size=4) as clip:
+            for frame in clip:
+                count += 1
+                assert frame.mv_to_key.shape == (2, HEIGHT // 4, WIDTH // 4)
+        return count
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: the decoder is single-threaded too (video.open sets thread_count=1)
+    try:
+        count = benchmark.pedantic(read_all, rounds=3, iterations=1, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert count == FRAMES
+    benchmark.extra_info["frames"] = count
+    benchmark.extra_info["frames_per_s"] = round(count / benchmark.stats.stats.min, 1)
+    benchmark.extra_info["torch_threads"] = 1
+    benchmark.extra_info["size"] = f"{WIDTH}x{HEIGHT}, block_size=4"
