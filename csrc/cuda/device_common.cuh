@@ -1,0 +1,51 @@
+// Device-side helpers shared by the .cu files: element <-> accumulator conversion, launch-size limits and the
+// explicit-instantiation list. nvcc only; no torch.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels.h"
+
+namespace arseg {
+namespace cuda {
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(typename AccType<T>::type x) {
+  return static_cast<T>(x);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Largest grid dimensions a launch may use (x: 2^31 - 1; y, z: 65535). Kernels loop over what does not fit.
+constexpr int64_t kMaxGridX = 2147483647;
+constexpr int64_t kMaxGridYZ = 65535;
+
+inline unsigned grid_dim(int64_t want, int64_t limit) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(want, limit)));
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace cuda
+}  // namespace arseg
+
+// Instantiates a launcher template for the four element types (used at the end of each .cu file).
+#define ARSEG_INSTANTIATE_FOR_FLOATS(MACRO) \
+  MACRO(float)                              \
+  MACRO(double)                             \
+  MACRO(__half)                             \
+  MACRO(__nv_bfloat16)
