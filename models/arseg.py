@@ -18,7 +18,8 @@ from .checkpoint import load_official_state_dict
 from .creff import resize_ac
 from .pspnet import PSPNet18, PSPNet18WithCReFF
 
-# ImageNet statistics on the [0, 1] scale, RGB: what the release normalizes CamVid frames with.
+# Default input normalization: ImageNet statistics on the [0, 1] scale, RGB (the backbones are ImageNet-pretrained
+# ResNet-18s). Pass mean/std to ARSeg if a checkpoint was trained with other statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -106,7 +107,8 @@ class ARSeg(nn.Module):
                 image.shape[0], 2):
             shape = tuple(mv_to_key.shape) if isinstance(mv_to_key, torch.Tensor) else type(mv_to_key).__name__
             raise ValueError(f"non_keyframe: mv_to_key must be a ({image.shape[0]}, 2, Hb, Wb) tensor, got {shape}")
-        warped = warp_to_frame(self._key_feature, mv_to_key.to(self._key_feature.dtype), size)
+        mv_to_key = mv_to_key.to(device=self._key_feature.device, dtype=self._key_feature.dtype)
+        warped = warp_to_frame(self._key_feature, mv_to_key, size)
         small = resize_ac(image, lr_size(size, self.scale))
         return self.lr_net(small, warped, out_size=size)
 

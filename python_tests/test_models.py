@@ -309,7 +309,8 @@ def test_training_step_under_ddp(tmp_path):
 
 
 @pytest.mark.parametrize("backbone, scale, expected", [
-    ("psp18", 1.0, 308.6), ("psp18", 0.5, 101.9), ("bisenet18", 1.0, 39.1),
+    ("psp18", 1.0, 308.6), ("psp18", 0.5, 101.9), ("psp18", 0.6, 132.96), ("psp18", 0.7, 169.68),
+    ("bisenet18", 1.0, 39.1),
 ])
 def test_count_gmacs_reproduces_the_paper(backbone, scale, expected):
     assert models.count_gmacs(backbone, (720, 960), scale=scale, keyframe_interval=12) == pytest.approx(
