@@ -88,7 +88,7 @@ class Clip:
                 f"{str(self.path)!r} is {ctx.name} video, whose decoder exports no motion vectors usable here: "
                 f"H.264 is needed; {_transcode_hint(self.path)}")
         ctx.options = {"flags2": "+export_mvs"}
-        ctx.thread_count = 1  # frame threading would delay frames; decoding order is what we want
+        ctx.thread_count = 1  # one core per clip: parallelism belongs to the caller (one clip per worker)
         self._stream = stream
         self.width, self.height = ctx.width, ctx.height
         if self.width <= 0 or self.height <= 0:
@@ -165,7 +165,8 @@ class Clip:
                             "H.264 stream has B-frames: their vectors may point to frames other than the "
                             f"previous one, so motion accumulated to the keyframe is unreliable; "
                             f"{_transcode_hint(self.path)}"))
-                    image = torch.from_numpy(av_frame.to_ndarray(format="rgb24"))
+                    # threads=1: swscale would otherwise start a thread per core for every frame
+                    image = torch.from_numpy(av_frame.to_ndarray(format="rgb24", threads=1))
                     if is_key:
                         key_index = index
                         mv = torch.zeros(2, -(-self.height // bs), -(-self.width // bs))

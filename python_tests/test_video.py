@@ -197,11 +197,35 @@ def test_rasterize_blocks_sources_and_holes():
 
 
 def test_rasterize_block_size_8_and_overlap_mean():
-    vectors = _vectors([(-1, 0, 0, 16, 16, 4, 8), (-1, 0, 0, 8, 8, 8, 0)])  # overlapping: mean in 0..8
+    # overlapping blocks (not produced by H.264) take the general path: the mean over the vectors
+    vectors = _vectors([(-1, 0, 0, 16, 16, 4, 8), (-1, 0, 0, 8, 8, 8, 0)])
     field, known = _motion.rasterize(vectors, 16, 16, 8)
     assert known.all()
     np.testing.assert_allclose(field[:, 0, 0], [1.5, 1.0])
     np.testing.assert_allclose(field[:, 1, 1], [1.0, 2.0])
+    # a block not aligned to its size (also general path) still lands on its 4x4 units
+    field, known = _motion.rasterize(_vectors([(-1, 4, 8, 8, 8, -4, 12)]), 16, 16, 4)
+    np.testing.assert_array_equal(known, np.pad(np.ones((2, 2), bool), ((2, 0), (1, 1))))
+    np.testing.assert_array_equal(field[:, 2, 1], [-1.0, 3.0])
+
+
+def test_aligned_fast_path_matches_general_path(clip_path):
+    with av.open(str(clip_path)) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        side = [f.side_data.get("MOTION_VECTORS") for f in c.decode(stream)]
+    checked = 0
+    for vectors in (s.to_ndarray() for s in side if s is not None):
+        w, h = vectors["w"].astype(np.int64), vectors["h"].astype(np.int64)
+        blocks = (w, h, vectors["dst_x"] - w // 2, vectors["dst_y"] - h // 2,
+                  vectors["motion_x"] / 4.0, vectors["motion_y"] / 4.0, HEIGHT // 4, WIDTH // 4)
+        fast = _motion._paint_aligned(*blocks)
+        general = _motion._average_blocks(*blocks)
+        assert fast is not None
+        np.testing.assert_array_equal(fast[0], general[0])
+        np.testing.assert_array_equal(fast[1], general[1])
+        checked += 1
+    assert checked == FRAMES - 3  # every P-frame
 
 
 def _accumulate_reference(prev, mv, bs):
@@ -212,22 +236,26 @@ def _accumulate_reference(prev, mv, bs):
         for j in range(w):
             x = min(max(j + mv[0, i, j] / bs, 0.0), w - 1)
             y = min(max(i + mv[1, i, j] / bs, 0.0), h - 1)
-            x0, y0 = min(int(np.floor(x)), w - 2), min(int(np.floor(y)), h - 2)
+            x0, y0 = max(min(int(np.floor(x)), w - 2), 0), max(min(int(np.floor(y)), h - 2), 0)
+            x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
             fx, fy = x - x0, y - y0
-            sample = ((1 - fy) * ((1 - fx) * prev[:, y0, x0] + fx * prev[:, y0, x0 + 1])
-                      + fy * ((1 - fx) * prev[:, y0 + 1, x0] + fx * prev[:, y0 + 1, x0 + 1]))
+            sample = ((1 - fy) * ((1 - fx) * prev[:, y0, x0] + fx * prev[:, y0, x1])
+                      + fy * ((1 - fx) * prev[:, y1, x0] + fx * prev[:, y1, x1]))
             out[:, i, j] = mv[:, i, j] + sample
     return out
 
 
-@pytest.mark.parametrize("bs", [4, 3])
-def test_accumulate_matches_per_cell_bilinear(bs):
+@pytest.mark.parametrize("bs, shape", [(4, (9, 13)), (3, (9, 13)), (4, (1, 6))])
+def test_accumulate_matches_per_cell_bilinear(bs, shape):
     gen = torch.Generator().manual_seed(3)
-    prev = torch.randn(2, 9, 13, generator=gen) * 5
-    mv = torch.randn(2, 9, 13, generator=gen) * 3 * bs  # reaches past the borders: exercises the clamp
+    prev = torch.randn(2, *shape, generator=gen) * 5
+    mv = torch.randn(2, *shape, generator=gen) * 3 * bs  # reaches past the borders: exercises the clamp
     got = _motion.accumulate(prev, mv, bs)
     expected = _accumulate_reference(prev.double().numpy(), mv.double().numpy(), bs)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-4)
+    # the same sampling is arseg_ops.mv_warp on the cell grid
+    op = mv + arseg_ops.mv_warp(prev[None], mv[None], scale=1.0 / bs, padding_mode="border")[0]
+    np.testing.assert_allclose(got.numpy(), op.numpy(), atol=1e-4)
 
 
 def test_fill_intra_false_leaves_zeros(tmp_path, frames):
