@@ -32,7 +32,8 @@ import torch
 PEAK_BANDWIDTH = 3.0e12  # bytes/s: H100 device-to-device copy bandwidth (design/overview.md)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-PASSES = ("forward", "forward_backward")
+PASSES = ("forward", "forward_backward")  # what `arseg bench` reports
+ALL_PASSES = PASSES + ("backward",)  # backward: gradients through a graph built once, at build time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,8 @@ class Case:
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
-        if self.pass_ not in PASSES:
-            raise ValueError("pass_ must be one of %s, got %r" % (PASSES, self.pass_))
+        if self.pass_ not in ALL_PASSES:
+            raise ValueError("pass_ must be one of %s, got %r" % (ALL_PASSES, self.pass_))
         if self.dtype not in DTYPES:
             raise ValueError("dtype must be one of %s, got %r" % (sorted(DTYPES), self.dtype))
         if self.op not in _BUILDERS:
@@ -103,6 +104,9 @@ def _forward_or_backward(case, fn, inputs, grad_inputs, out_shape, gen):
                 return fn(*inputs)
         return run
     grad_out = _randn(case, gen, out_shape)
+    if case.pass_ == "backward":
+        out = fn(*inputs)
+        return lambda: torch.autograd.grad(out, grad_inputs, grad_out, retain_graph=True)
 
     def run():
         out = fn(*inputs)
@@ -117,7 +121,7 @@ def _build_local_attn(case, gen):
     fns = {"fused": arseg_ops.local_attn, "reference": reference.local_attn}
     if case.impl not in fns:
         raise ValueError("local_attn impl must be one of %s, got %r" % (sorted(fns), case.impl))
-    grad = case.pass_ == "forward_backward"
+    grad = case.pass_ != "forward"
     shape = (case.batch, case.channels) + case.size
     # std C**-0.25 keeps the logits ~N(0, 1), as in a trained network (no denormal-heavy softmax tails).
     q, k, v = (_randn(case, gen, shape, case.channels ** -0.25, grad) for _ in range(3))
@@ -270,7 +274,7 @@ def estimate_peak_bytes(case):
     e = _element_size(case)
     p = case.batch * case.size[0] * case.size[1]
     c = case.channels
-    grad = case.pass_ == "forward_backward"
+    grad = case.pass_ != "forward"
     if case.op == "local_attn" and case.impl == "reference":
         kk = case.kernel_size ** 2
         # unfolded key and value (C*k*k per pixel each), their products, logits and softmax; autograd keeps the
@@ -440,11 +444,12 @@ def min_traffic_bytes(case):
     if case.op == "local_attn":
         fwd = p * 4 * c * e  # q, k, v in; out
         # backward: q, k, v, out, dout and the saved log-sum-exp in; dq, dk, dv out (lse 4 bytes a pixel each way)
-        return fwd if case.pass_ == "forward" else fwd + 4 * p + p * 8 * c * e + 4 * p
+        bwd = p * 8 * c * e + 4 * p
+        return {"forward": fwd, "backward": bwd, "forward_backward": fwd + 4 * p + bwd}[case.pass_]
     if case.op == "mv_warp":
         mv = case.batch * 2 * math.ceil(case.size[0] / case.block) * math.ceil(case.size[1] / case.block) * e
         fwd = 2 * p * c * e + mv  # feature in, out
-        return fwd if case.pass_ == "forward" else 2 * fwd  # dout in, dfeature out, motion again
+        return {"forward": fwd, "backward": fwd, "forward_backward": 2 * fwd}[case.pass_]  # dout in, dfeature out
     return None
 
 

@@ -1,0 +1,256 @@
+"""The `arseg` command on tiny synthetic inputs (CPU): every subcommand runs, its outputs exist and decode, and bad
+arguments or unreadable files end with a clear message and the documented exit code (2 arguments, 1 files)."""
+import colorsys
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from arseg_ops import cli, cli_video, models, video
+
+H, W, FRAMES, GOP = 48, 64, 8, 4
+PAN_PX = 1.5  # content moves right by 1.5 px per frame
+
+
+def _pan_frames():
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    for t in range(FRAMES):
+        x = xx - PAN_PX * t
+        image = np.stack([np.sin(x / 3.1) * 100 + 128, np.cos(yy / 4.3 + x / 7.7) * 100 + 128,
+                          np.sin((x + yy) / 5.3) * 100 + 128], axis=-1)
+        yield np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "pan.mp4"
+    video.encode(list(_pan_frames()), path, gop=GOP, crf=18, preset="veryfast")
+    return str(path)
+
+
+def _decode(path):
+    with av.open(path) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+# ---- bench ----
+
+
+def test_bench_small_size_writes_table_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code, out, _ = _run(["bench", "--device", "cpu", "--size", "12x16", "--channels", "8", "--min-time", "0",
+                         "--json", str(path), "-q"], capsys)
+    assert code == 0
+    assert "speedup" in out and "local_attn" in out and "mv_warp" in out and "feature 8x12x16" in out
+    record = json.loads(path.read_text())
+    cases = record["cases"]
+    assert {(c["op"], c["pass_"], c["impl"]) for c in cases} == {
+        (op, p, impl) for op in ("local_attn", "mv_warp") for p in ("forward", "forward_backward")
+        for impl in ("fused", "reference")}
+    for case in cases:
+        assert case["median_s"] > 0 and case["rounds"] >= 3
+        assert case["peak_extra_bytes"] >= 0 and case["min_traffic_bytes"] > 0
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    assert _usage_error(["bench", "--size", "12by16"], capsys)[0] == 2
+    assert _usage_error(["bench", "--dtype", "int8"], capsys)[0] == 2
+    code, err = _usage_error(["bench", "--channels", "0"], capsys)
+    assert code == 2 and "positive integer" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bench_cuda_without_gpu_is_a_usage_error(capsys):
+    code, err = _usage_error(["bench", "--device", "cuda"], capsys)
+    assert code == 2 and "CUDA" in err
+
+
+# ---- flops ----
+
+
+def test_flops_matches_paper_settings(capsys):
+    code, out, _ = _run(["flops"], capsys)
+    assert code == 0
+    assert "309.02" in out and "101.98" in out  # the paper's column
+    hr_line = next(line for line in out.splitlines() if line.startswith("HR network"))
+    ar_line = next(line for line in out.splitlines() if line.startswith("AR-Seg average"))
+    assert abs(float(hr_line.split()[-2]) - 309.02) / 309.02 < 0.005
+    assert abs(float(ar_line.split()[-2]) - 101.98) / 101.98 < 0.005
+
+
+def test_flops_bisenet_notes_the_double_count(capsys):
+    code, out, _ = _run(["flops", "--backbone", "bisenet18", "--scale", "0.5"], capsys)
+    assert code == 0 and "58.83" in out and "39.12" in out and "twice" in out
+
+
+def test_flops_average_is_the_gop_mean(capsys):
+    hr = models.count_gmacs("psp18", (64, 96), scale=1.0)
+    ar = models.count_gmacs("psp18", (64, 96), scale=0.6, keyframe_interval=5)
+    code, out, _ = _run(["flops", "--size", "64x96", "--scale", "0.6", "--gop", "5"], capsys)
+    assert code == 0
+    assert "%.2f" % hr in out and "%.2f" % ar in out
+
+
+def test_flops_rejects_bad_scale(capsys):
+    code, err = _usage_error(["flops", "--scale", "1.5"], capsys)
+    assert code == 2 and "(0, 1]" in err
+
+
+# ---- segment ----
+
+
+def test_segment_random_weights_writes_a_decodable_video(clip, tmp_path, capsys):
+    out_path = str(tmp_path / "seg.mp4")
+    code, out, err = _run(["segment", clip, "-o", out_path, "--backbone", "psp18", "--scale", "0.5",
+                           "--device", "cpu", "-q"], capsys)
+    assert code == 0
+    assert "RANDOM weights" in err
+    assert "frames %d, keyframes %d" % (FRAMES, FRAMES // GOP) in out and "frames/s" in out
+    frames = _decode(out_path)
+    assert len(frames) == FRAMES and frames[0].shape == (H, W, 3)
+
+
+def test_segment_with_weights_renders_the_class_maps(clip, tmp_path, capsys):
+    torch.manual_seed(1)
+    seg = models.ARSeg("bisenet18", num_classes=12, scale=0.5).eval()
+    hr_path, lr_path = str(tmp_path / "hr.pth"), str(tmp_path / "lr.pth")
+    torch.save(seg.hr_net.state_dict(), hr_path)
+    torch.save({"state_dict": seg.lr_net.state_dict()}, lr_path)  # training checkpoints wrap the weights
+    out_path = str(tmp_path / "seg.mkv")
+    code, _, err = _run(["segment", clip, "-o", out_path, "--backbone", "bisenet18", "--hr-weights", hr_path,
+                         "--lr-weights", lr_path, "--device", "cpu", "--overlay", "-q"], capsys)
+    assert code == 0 and "RANDOM" not in err
+    with video.open(clip) as frames:
+        frames = list(frames)
+    colours = cli_video.palette(12)
+    expected = [(colours[c.numpy()].astype(np.float64) + f.image.numpy()) // 2
+                for c, f in zip(seg.segment(frames), frames)]
+    written = _decode(out_path)
+    assert len(written) == len(expected) == FRAMES
+    # lossy H.264: close to the overlay of the same class maps, far from a constant colour
+    errors = [np.abs(w - e).mean() for w, e in zip(written, expected)]
+    spread = [np.abs(e - e.mean(axis=(0, 1))).mean() for e in expected]
+    assert max(errors) < 12 and max(errors) < 0.5 * max(spread)
+
+
+def test_segment_argument_and_file_errors(clip, tmp_path, capsys):
+    out_path = str(tmp_path / "o.mp4")
+    assert _usage_error(["segment", clip, "-o", str(tmp_path / "o.txt")], capsys)[0] == 2
+    assert _usage_error(["segment", clip, "-o", str(tmp_path / "missing" / "o.mp4")], capsys)[0] == 2
+    assert _usage_error(["segment", clip, "-o", out_path, "--hr-weights", clip], capsys)[0] == 2
+    assert _usage_error(["segment", clip, "-o", out_path, "--hr-weights", "nope.pth", "--lr-weights",
+                         "nope.pth"], capsys)[0] == 2
+    code, _, err = _run(["segment", str(tmp_path / "missing.mp4"), "-o", out_path], capsys)
+    assert code == 1 and "not found" in err
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    code, _, err = _run(["segment", str(junk), "-o", out_path], capsys)
+    assert code == 1 and "junk.mp4" in err
+    bad_weights = tmp_path / "bad.pth"
+    bad_weights.write_text("not a checkpoint")
+    code, _, err = _run(["segment", clip, "-o", out_path, "--hr-weights", str(bad_weights), "--lr-weights",
+                         str(bad_weights), "--device", "cpu"], capsys)
+    assert code == 1 and "cannot read weights" in err
+
+
+# ---- motion ----
+
+
+def test_motion_png_shows_the_pan_direction(clip, tmp_path, capsys):
+    out_path = str(tmp_path / "motion.png")
+    code, out, _ = _run(["motion", clip, "-o", out_path], capsys)
+    assert code == 0 and "frame %d" % (GOP - 1) in out  # the last frame of the first GOP
+    (image,) = _decode(out_path)
+    assert image.shape == (H, 2 * W, 3)
+    with video.open(clip) as frames:
+        last_of_gop = [f for f in frames][GOP - 1]
+    assert np.array_equal(image[:, :W], last_of_gop.image.numpy())
+    # content moved right, so the motion to the keyframe points left: hue 180 degrees, cyan
+    r, g, b = np.median(image[8:-8, W + 8:-8].reshape(-1, 3), axis=0)
+    assert g > r + 60 and b > r + 60
+
+
+def test_motion_png_keyframe_is_white(clip, tmp_path, capsys):
+    out_path = str(tmp_path / "key.png")
+    assert _run(["motion", clip, "-o", out_path, "--frame", "0", "--max-motion", "4"], capsys)[0] == 0
+    (image,) = _decode(out_path)
+    assert (image[:, W:] == 255).all()
+
+
+def test_motion_video_decodes(clip, tmp_path, capsys):
+    out_path = str(tmp_path / "motion.mp4")
+    code, out, _ = _run(["motion", clip, "-o", out_path, "-q"], capsys)
+    assert code == 0 and "%d frames" % FRAMES in out
+    frames = _decode(out_path)
+    assert len(frames) == FRAMES and frames[0].shape == (H, 2 * W, 3)
+
+
+def test_motion_errors(clip, tmp_path, capsys):
+    assert _usage_error(["motion", clip, "-o", str(tmp_path / "m.gif")], capsys)[0] == 2
+    assert _usage_error(["motion", clip, "-o", str(tmp_path / "m.mp4"), "--frame", "1"], capsys)[0] == 2
+    assert _usage_error(["motion", clip, "-o", str(tmp_path / "m.png"), "--max-motion", "-1"], capsys)[0] == 2
+    code, _, err = _run(["motion", clip, "-o", str(tmp_path / "m.png"), "--frame", "99"], capsys)
+    assert code == 1 and "only %d frames" % FRAMES in err
+
+
+# ---- image helpers, against independent implementations ----
+
+
+def test_png_writer_round_trips_through_ffmpeg(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    path = str(tmp_path / "x.png")
+    cli_video.write_png(path, image)
+    (decoded,) = _decode(path)
+    assert np.array_equal(decoded, image)
+
+
+def test_hsv_matches_colorsys():
+    rng = np.random.default_rng(0)
+    h, s, v = rng.random(50), rng.random(50), rng.random(50)
+    ours = cli_video.hsv_to_rgb(h, s, v)
+    theirs = np.array([colorsys.hsv_to_rgb(*x) for x in zip(h, s, v)])
+    assert np.allclose(ours, theirs)
+
+
+# ---- entry points and help ----
+
+
+@pytest.mark.parametrize("command", [None, "bench", "flops", "segment", "motion"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(([command] if command else []) + ["--help"])
+    assert exc.value.code == 0 and "usage: arseg" in capsys.readouterr().out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert _usage_error([], capsys)[0] == 2
+
+
+def test_module_and_console_script_entry_points():
+    env = dict(os.environ)
+    for argv in ([sys.executable, "-m", "arseg_ops", "flops", "--size", "32x32"],
+                 [os.path.join(os.path.dirname(sys.executable), "arseg"), "bench", "--size", "1by1"]):
+        if not os.path.exists(argv[0]):
+            pytest.skip("the arseg console script is not installed next to this Python")
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        if "flops" in argv:
+            assert proc.returncode == 0 and "GMACs" in proc.stdout
+        else:
+            assert proc.returncode == 2 and "HxW" in proc.stderr
