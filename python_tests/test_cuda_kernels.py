@@ -108,7 +108,7 @@ def test_local_attn_forward_matches_float64(shape, K, padding, dtype, poison):
     q, k, v = attn_inputs(*shape, dtype)
     out = arseg_ops.local_attn(q, k, v, K, scale=0.3, padding=padding)
     ref = reference.local_attn(q.double(), k.double(), v.double(), K, scale=0.3, padding=padding)
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    tol = 1e-10 if dtype == torch.float64 else 1e-4  # fp32: C up to 513 summed in float32
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
 
 
@@ -132,7 +132,7 @@ def test_local_attn_backward_matches_reference_autograd(K, padding, dtype, poiso
         for name, g, gl, gr in zip("qkv", grads, low_grads, ref_grads):
             check_low_precision(g, gl, gr, "d" + name)
     else:
-        tol = 1e-10 if dtype == torch.float64 else 5e-5
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
         torch.testing.assert_close(out.double(), ref.detach(), atol=tol, rtol=tol)
         for g, gr in zip(grads, ref_grads):
             torch.testing.assert_close(g.double(), gr, atol=tol, rtol=tol)
@@ -189,7 +189,9 @@ def test_local_attn_opcheck_and_compile():
     q, k, v = attn_inputs(1, 4, 3, 6, 7, torch.float32, grad=True)
     torch.library.opcheck(torch.ops.arseg_ops.local_attn.default, (q, k, v, 5, 0.5, "exclude"))
     dout = torch.randn(1, 3, 6, 7, device="cuda")
-    torch.library.opcheck(torch.ops.arseg_ops.local_attn_backward.default, (dout, q, k, v, 5, 0.5, "exclude"))
+    detached = [t.detach() for t in (q, k, v)]  # the backward op has no autograd formula of its own
+    torch.library.opcheck(torch.ops.arseg_ops.local_attn_backward.default, (dout, *detached, 5, 0.5, "exclude"))
+    torch._dynamo.reset()
     compiled = torch.compile(lambda a, b, c: arseg_ops.local_attn(a, b, c, 5, scale=0.5), fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), arseg_ops.local_attn(q, k, v, 5, scale=0.5))
 
@@ -274,6 +276,7 @@ def test_mv_warp_gradcheck_opcheck_compile():
     assert torch.autograd.gradcheck(lambda f, m: arseg_ops.mv_warp(f, m, scale=0.5), (feature, mv))
     args = (feature, mv, 0.5, 1.5, "bilinear", "border")
     torch.library.opcheck(torch.ops.arseg_ops.mv_warp.default, args)
+    torch._dynamo.reset()
     compiled = torch.compile(lambda f, m: arseg_ops.mv_warp(f, m, scale=0.5), fullgraph=True)
     torch.testing.assert_close(compiled(feature, mv), arseg_ops.mv_warp(feature, mv, scale=0.5))
 
