@@ -58,7 +58,8 @@ def mv_warp(feature, mv, *, scale=1.0, mode="bilinear", padding_mode="zeros"):
         valid = finite & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
         idx = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).reshape(N, 1, H * W).expand(N, C, H * W)
         w = (w * valid).reshape(N, 1, H * W)
-        out = out + w * flat.gather(2, idx)
+        # a zero-weight tap contributes 0 even if the value it reads is inf/NaN (as the kernels)
+        out = out + torch.where(w != 0, w * flat.gather(2, idx), torch.zeros((), dtype=dtype, device=device))
     return out.reshape(N, C, H, W).to(out_dtype)
 
 

@@ -89,6 +89,13 @@ ARSEG_HD void sample_taps(acc_t xs, acc_t ys, int64_t H, int64_t W, WarpMode mod
   }
 }
 
+// w * f for one tap, 0 for an absent tap (weight 0) whatever f is: an absent tap reads element 0 of the plane,
+// and an inf/NaN there must not leak into pixels that sample outside the image.
+template <typename acc_t>
+ARSEG_HD acc_t tap_product(acc_t w, acc_t f) {
+  return w != acc_t(0) ? w * f : acc_t(0);
+}
+
 // Number of taps a mode can use (lets channel loops skip the three empty taps of `nearest`).
 ARSEG_HD int taps_used(WarpMode mode) { return mode == WarpMode::Nearest ? 1 : 4; }
 

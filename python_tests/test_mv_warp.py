@@ -145,6 +145,22 @@ def test_non_finite_motion_samples_nothing(device):
         torch.testing.assert_close(out, reference.mv_warp(feature, mv, padding_mode=padding_mode))
 
 
+def test_non_finite_feature_does_not_leak(device):
+    """Pixels that sample outside the image stay 0 (and their gradients finite) when feature[0, 0] is inf."""
+    feature = torch.randn(1, 2, 4, 5, device=device, dtype=torch.float64)
+    feature[:, :, 0, 0] = float("inf")
+    mv = torch.zeros(1, 2, 1, 2, device=device, dtype=torch.float64)
+    mv[0, 0, 0, 1] = 10.0  # right half samples far outside
+    f, m = feature.clone().requires_grad_(), mv.clone().requires_grad_()
+    out = arseg_ops.mv_warp(f, m)
+    assert torch.all(out[..., 3:] == 0)
+    torch.testing.assert_close(out, reference.mv_warp(feature, mv))
+    grad = torch.randn_like(out)
+    grad[:, :, 0, 0] = float("nan")
+    out.backward(grad)
+    assert torch.isfinite(f.grad[..., 1:]).all() and torch.isfinite(m.grad[..., 1]).all()
+
+
 def test_huge_motion_is_outside(device):
     feature = torch.randn(1, 2, 4, 5, device=device)
     mv = torch.full((1, 2, 1, 1), 1e30, device=device)

@@ -69,7 +69,8 @@ void forward_kernel(const WarpGeometry& g, const scalar_t* feat, const scalar_t*
         scalar_t* o = out + (n * g.C + c) * HW + y * g.W;
         for (int64_t x = 0; x < g.W; ++x) {
           acc_t s = acc_t(0);
-          for (int k = 0; k < ntaps; ++k) s += w[k * g.W + x] * static_cast<acc_t>(plane[idx[k * g.W + x]]);
+          for (int k = 0; k < ntaps; ++k)
+            s += tap_product(w[k * g.W + x], static_cast<acc_t>(plane[idx[k * g.W + x]]));
           o[x] = static_cast<scalar_t>(s);
         }
       }
@@ -103,7 +104,7 @@ void backward_feature_kernel(const WarpGeometry& g, const scalar_t* grad_out, co
           const acc_t* rw = w.data() + 4 * y * g.W;
           for (int64_t x = 0; x < g.W; ++x) {
             const acc_t gv = static_cast<acc_t>(go[y * g.W + x]);
-            for (int k = 0; k < ntaps; ++k) acc[ri[k * g.W + x]] += rw[k * g.W + x] * gv;
+            for (int k = 0; k < ntaps; ++k) acc[ri[k * g.W + x]] += tap_product(rw[k * g.W + x], gv);
           }
         }
         scalar_t* gf = grad_feat + (n * g.C + c) * HW;
@@ -140,8 +141,8 @@ void backward_mv_kernel(const WarpGeometry& g, const scalar_t* grad_out, const s
             acc_t sx = acc_t(0), sy = acc_t(0);
             for (int k = 0; k < 4; ++k) {
               const acc_t f = static_cast<acc_t>(plane[idx[k * g.W + x]]);
-              sx += dwdx[k * g.W + x] * f;
-              sy += dwdy[k * g.W + x] * f;
+              sx += tap_product(dwdx[k * g.W + x], f);
+              sy += tap_product(dwdy[k * g.W + x], f);
             }
             const acc_t gv = static_cast<acc_t>(go[x]);
             gx[x] += gv * sx;

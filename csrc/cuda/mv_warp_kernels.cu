@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads)
       acc_t s = acc_t(0);
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        if (k < ntaps) s += t.w[k] * to_acc(plane[t.idx[k]]);
+        if (k < ntaps) s += tap_product(t.w[k], to_acc(plane[t.idx[k]]));
       out[(n * p.C + c) * HW + rem] = from_acc<T>(s);
     }
   }
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const acc_t f = to_acc(plane[t.idx[k]]);
-        sx += t.dwdx[k] * f;
-        sy += t.dwdy[k] * f;
+        sx += tap_product(t.dwdx[k], f);
+        sy += tap_product(t.dwdy[k], f);
       }
       const acc_t g = to_acc(grad_out[(n * p.C + c) * HW + rem]);
       gx += g * sx;
