@@ -9,6 +9,7 @@ Always install with `pip install --no-build-isolation ...`: an isolated build wo
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -49,6 +50,16 @@ def _cuda_archs():
     return archs
 
 
+def _openmp_flags():
+    """at::parallel_for is inline in ATen's headers and uses `#pragma omp parallel` when torch's backend is
+    OpenMP: without -fopenmp the pragma is ignored and every CPU kernel runs on one thread. The GOMP symbols
+    resolve against the libgomp torch itself loads, so no extra link flag is needed."""
+    info = torch.__config__.parallel_info()
+    if sys.platform != "darwin" and "backend: OpenMP" in info and "OpenMP not found" not in info:
+        return ["-fopenmp"]
+    return []
+
+
 def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
@@ -57,7 +68,7 @@ def _extension():
     with_cuda = _want_cuda()
     define_macros = [("ARSEG_TORCH_VERSION", '"%s"' % torch.__version__)]
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3"] + _openmp_flags()
     if not with_cuda:
         return CppExtension("arseg_ops._C", sources, define_macros=define_macros,
                             extra_compile_args={"cxx": cxx_flags})

@@ -28,20 +28,23 @@ WarpGeometry make_geometry(const at::Tensor& feature, const at::Tensor& mv, doub
           sx,          sy,          parse_warp_mode(mode),  parse_warp_padding(padding_mode)};
 }
 
+// Taps of output pixel (n, y, x): its block's vector, the sample coordinate x + sx*dx, the four taps.
+template <typename scalar_t, typename acc_t>
+inline void pixel_taps(const WarpGeometry& g, const scalar_t* mv, int64_t n, int64_t y, int64_t x, Taps<acc_t>& t) {
+  const int64_t by = block_of(y, g.H, g.Hb), bx = block_of(x, g.W, g.Wb);
+  const scalar_t* m = mv + ((n * 2) * g.Hb + by) * g.Wb + bx;  // dx; dy is one block plane further
+  const acc_t xs = static_cast<acc_t>(x) + static_cast<acc_t>(g.sx) * static_cast<acc_t>(m[0]);
+  const acc_t ys = static_cast<acc_t>(y) + static_cast<acc_t>(g.sy) * static_cast<acc_t>(m[g.Hb * g.Wb]);
+  sample_taps(xs, ys, g.H, g.W, g.mode, g.padding, t);
+}
+
 // Taps of every pixel of output row (n, y), as structure-of-arrays buffers of length 4*W (tap-major).
 template <typename scalar_t, typename acc_t>
 void row_taps(const WarpGeometry& g, const scalar_t* mv, int64_t n, int64_t y, int64_t* idx, acc_t* w,
               acc_t* dwdx, acc_t* dwdy) {
-  const int64_t by = block_of(y, g.H, g.Hb);
-  const scalar_t* mvx = mv + ((n * 2 + 0) * g.Hb + by) * g.Wb;
-  const scalar_t* mvy = mv + ((n * 2 + 1) * g.Hb + by) * g.Wb;
-  const acc_t sx = static_cast<acc_t>(g.sx), sy = static_cast<acc_t>(g.sy);
   Taps<acc_t> t;
   for (int64_t x = 0; x < g.W; ++x) {
-    const int64_t bx = block_of(x, g.W, g.Wb);
-    const acc_t xs = static_cast<acc_t>(x) + sx * static_cast<acc_t>(mvx[bx]);
-    const acc_t ys = static_cast<acc_t>(y) + sy * static_cast<acc_t>(mvy[bx]);
-    sample_taps(xs, ys, g.H, g.W, g.mode, g.padding, t);
+    pixel_taps<scalar_t, acc_t>(g, mv, n, y, x, t);
     for (int k = 0; k < 4; ++k) {
       idx[k * g.W + x] = t.idx[k];
       w[k * g.W + x] = t.w[k];
@@ -53,26 +56,42 @@ void row_taps(const WarpGeometry& g, const scalar_t* mv, int64_t n, int64_t y, i
   }
 }
 
+// One output row of one channel: NTAPS (1 for nearest, 4 for bilinear) is a compile-time constant so the tap
+// loop unrolls; the pixel's taps are interleaved (idx[x * 4 + k]) so each pixel reads one cache line of them.
+template <int NTAPS, typename scalar_t, typename acc_t>
+inline void warp_row(const scalar_t* __restrict__ plane, const int64_t* __restrict__ idx,
+                     const acc_t* __restrict__ w, scalar_t* __restrict__ o, int64_t W) {
+  for (int64_t x = 0; x < W; ++x) {
+    acc_t s = acc_t(0);
+    for (int k = 0; k < NTAPS; ++k) s += tap_product(w[x * 4 + k], static_cast<acc_t>(plane[idx[x * 4 + k]]));
+    o[x] = static_cast<scalar_t>(s);
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel(const WarpGeometry& g, const scalar_t* feat, const scalar_t* mv, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = g.H * g.W;
-  const int ntaps = taps_used(g.mode);
   at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> idx(4 * g.W);
     std::vector<acc_t> w(4 * g.W);
+    Taps<acc_t> t;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.H, y = row % g.H;
-      row_taps<scalar_t, acc_t>(g, mv, n, y, idx.data(), w.data(), nullptr, nullptr);
+      for (int64_t x = 0; x < g.W; ++x) {
+        pixel_taps<scalar_t, acc_t>(g, mv, n, y, x, t);
+        for (int k = 0; k < 4; ++k) {
+          idx[x * 4 + k] = t.idx[k];
+          w[x * 4 + k] = t.w[k];
+        }
+      }
       for (int64_t c = 0; c < g.C; ++c) {
         const scalar_t* plane = feat + (n * g.C + c) * HW;
         scalar_t* o = out + (n * g.C + c) * HW + y * g.W;
-        for (int64_t x = 0; x < g.W; ++x) {
-          acc_t s = acc_t(0);
-          for (int k = 0; k < ntaps; ++k)
-            s += tap_product(w[k * g.W + x], static_cast<acc_t>(plane[idx[k * g.W + x]]));
-          o[x] = static_cast<scalar_t>(s);
-        }
+        if (g.mode == WarpMode::Nearest)
+          warp_row<1>(plane, idx.data(), w.data(), o, g.W);
+        else
+          warp_row<4>(plane, idx.data(), w.data(), o, g.W);
       }
     }
   });
