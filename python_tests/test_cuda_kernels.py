@@ -213,6 +213,17 @@ def warp_inputs(N, C, H, W, Hb, Wb, dtype, grad=False):
     return feature, mv
 
 
+def warp_with_float64_reference(feature, mv, kw):
+    """Our mv_warp and its gradients for a random dout, and the same through the float64 reference."""
+    out = arseg_ops.mv_warp(feature, mv, **kw)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (feature, mv), dout)
+    f64, m64 = (t.detach().double().requires_grad_() for t in (feature, mv))
+    ref = reference.mv_warp(f64, m64, **kw)
+    ref_grads = torch.autograd.grad(ref, (f64, m64), dout.double())
+    return out, grads, ref, ref_grads, dout
+
+
 @cuda_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
@@ -221,12 +232,7 @@ def warp_inputs(N, C, H, W, Hb, Wb, dtype, grad=False):
 def test_mv_warp_forward_backward_match_float64(shape, mode, padding_mode, dtype, poison):
     feature, mv = warp_inputs(*shape, dtype, grad=True)
     kw = dict(scale=(0.75, 1.25), mode=mode, padding_mode=padding_mode)
-    out = arseg_ops.mv_warp(feature, mv, **kw)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (feature, mv), dout)
-    f64, m64 = (t.detach().double().requires_grad_() for t in (feature, mv))
-    ref = reference.mv_warp(f64, m64, **kw)
-    ref_grads = torch.autograd.grad(ref, (f64, m64), dout.double())
+    out, grads, ref, ref_grads, dout = warp_with_float64_reference(feature, mv, kw)
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(out.double(), ref.detach(), atol=tol, rtol=tol)
     torch.testing.assert_close(grads[0].double(), ref_grads[0], atol=tol, rtol=tol)
@@ -243,12 +249,7 @@ def test_mv_warp_forward_backward_match_float64(shape, mode, padding_mode, dtype
 def test_mv_warp_low_precision(padding_mode, mode, dtype, poison):
     feature, mv = warp_inputs(2, 16, 21, 37, 5, 9, dtype, grad=True)
     kw = dict(scale=(1.0, 0.5), mode=mode, padding_mode=padding_mode)
-    out = arseg_ops.mv_warp(feature, mv, **kw)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (feature, mv), dout)
-    f64, m64 = (t.detach().double().requires_grad_() for t in (feature, mv))
-    ref = reference.mv_warp(f64, m64, **kw)
-    ref_grads = torch.autograd.grad(ref, (f64, m64), dout.double())
+    out, grads, ref, ref_grads, dout = warp_with_float64_reference(feature, mv, kw)
     fl, ml = (t.detach().clone().requires_grad_() for t in (feature, mv))
     low = warp_at_dtype(fl, ml, 1.0, 0.5, mode, padding_mode)
     low_grads = torch.autograd.grad(low, (fl, ml), dout, allow_unused=True)
