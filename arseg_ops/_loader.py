@@ -46,6 +46,7 @@ def build_info():
         "torch_version": module.torch_version,
         "torch_runtime_version": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
+        "experimental_kernels": _current_experimental_kernels(module),
     }
 
 
@@ -58,4 +59,34 @@ class poison_outputs:
 
     def __exit__(self, *exc):
         load_library()._set_poison_outputs(self._was)
+        return False
+
+
+def _current_experimental_kernels(module):
+    names = module._set_experimental_kernels("")
+    module._set_experimental_kernels(names)
+    return names
+
+
+class experimental_kernels:
+    """Context manager: opt in to kernels that no GPU run has verified yet, e.g. experimental_kernels("local_attn").
+
+    Names are kernel families ("local_attn", "mv_warp", "creff") or "all". Outside the block the previous
+    setting (initially the environment variable ARSEG_EXPERIMENTAL_KERNELS, default none) is restored. Kernels
+    that exist only on one backend ignore the setting elsewhere; build_info()["experimental_kernels"] shows it.
+    """
+
+    def __init__(self, *names):
+        for name in names:
+            if not isinstance(name, str) or not name or "," in name:
+                raise ValueError("experimental_kernels: each name must be a non-empty kernel name without ',', got %r"
+                                 % (name,))
+        self._names = ",".join(names)
+
+    def __enter__(self):
+        self._was = load_library()._set_experimental_kernels(self._names)
+        return self
+
+    def __exit__(self, *exc):
+        load_library()._set_experimental_kernels(self._was)
         return False

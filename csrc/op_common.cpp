@@ -2,7 +2,10 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <string>
 
 namespace arseg {
 
@@ -75,6 +78,43 @@ void check_local_attn_args(const char* op, const at::Tensor& query, const at::Te
 }
 
 static std::atomic<bool> g_poison_outputs{false};
+
+namespace {
+std::mutex g_experimental_mutex;
+std::string& experimental_setting() {
+  static std::string setting = [] {
+    const char* env = std::getenv("ARSEG_EXPERIMENTAL_KERNELS");
+    return std::string(env != nullptr ? env : "");
+  }();
+  return setting;
+}
+}  // namespace
+
+bool experimental_kernel(const char* name) {
+  std::lock_guard<std::mutex> lock(g_experimental_mutex);
+  const std::string& s = experimental_setting();
+  if (s.empty()) return false;
+  const std::string wanted(name);
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(',', start);
+    if (end == std::string::npos) end = s.size();
+    const std::string item = s.substr(start, end - start);
+    if (item == "all" || item == wanted) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+std::string experimental_kernels() {
+  std::lock_guard<std::mutex> lock(g_experimental_mutex);
+  return experimental_setting();
+}
+
+void set_experimental_kernels(const std::string& names) {
+  std::lock_guard<std::mutex> lock(g_experimental_mutex);
+  experimental_setting() = names;
+}
 
 void set_poison_outputs(bool on) { g_poison_outputs.store(on); }
 bool poison_outputs() { return g_poison_outputs.load(); }

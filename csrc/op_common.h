@@ -42,4 +42,14 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 void set_poison_outputs(bool on);
 bool poison_outputs();
 
+// Opt-in switch for kernels that no GPU run has verified yet (DEVELOPERS.md: new CUDA kernels stay opt-in until a
+// GPU run shows they pass every CUDA test, are sanitizer-clean and faster; then they become the default and the
+// old ones are deleted). The setting is a comma-separated list of kernel names ("local_attn", "mv_warp",
+// "creff", ...) or "all", read from the environment variable ARSEG_EXPERIMENTAL_KERNELS when the library loads
+// and changed at run time by arseg_ops._loader.experimental_kernels(...). Glue code asks experimental_kernel("x")
+// at each call and launches the new kernel only when it returns true.
+bool experimental_kernel(const char* name);
+std::string experimental_kernels();
+void set_experimental_kernels(const std::string& names);
+
 }  // namespace arseg

@@ -52,9 +52,20 @@ static PyObject* set_poison_outputs_py(PyObject*, PyObject* arg) {
   return PyBool_FromLong(was);
 }
 
+static PyObject* set_experimental_kernels_py(PyObject*, PyObject* arg) {
+  const char* names = PyUnicode_AsUTF8(arg);
+  if (names == nullptr) return nullptr;
+  const std::string was = arseg::experimental_kernels();
+  arseg::set_experimental_kernels(names);
+  return PyUnicode_FromString(was.c_str());
+}
+
 static PyMethodDef arseg_methods[] = {
     {"_set_poison_outputs", set_poison_outputs_py, METH_O,
      "Tests only: fill every new operator output with NaN before the kernel writes it. Returns the old setting."},
+    {"_set_experimental_kernels", set_experimental_kernels_py, METH_O,
+     "Opt in to unverified kernels: a comma-separated list of kernel names or 'all' ('' = none). Returns the old "
+     "setting. The environment variable ARSEG_EXPERIMENTAL_KERNELS gives the initial value."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef arseg_module = {PyModuleDef_HEAD_INIT, "_C", "arseg_ops compiled operators", -1,

@@ -34,3 +34,17 @@ def test_poisoning_is_visible():
         out = arseg_ops.local_attn(torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2), torch.randn(1, 1, 2, 2), 1)
     assert torch.isfinite(out).all()
     assert _loader.load_library()._set_poison_outputs(False) is False
+
+
+def test_experimental_kernels_switch_is_scoped_and_validated():
+    from arseg_ops._loader import experimental_kernels
+
+    before = arseg_ops.build_info()["experimental_kernels"]
+    with experimental_kernels("local_attn", "creff"):
+        assert arseg_ops.build_info()["experimental_kernels"] == "local_attn,creff"
+        with experimental_kernels("all"):
+            assert arseg_ops.build_info()["experimental_kernels"] == "all"
+        assert arseg_ops.build_info()["experimental_kernels"] == "local_attn,creff"
+    assert arseg_ops.build_info()["experimental_kernels"] == before
+    with pytest.raises(ValueError, match="experimental_kernels"):
+        experimental_kernels("a,b")
