@@ -8,17 +8,13 @@ import numbers
 
 import torch
 
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-WARP_MODES = ("bilinear", "nearest")
-WARP_PADDINGS = ("zeros", "border")
-ATTN_PADDINGS = ("zeros", "exclude")
-MAX_KERNEL_SIZE = 15
+from ._opinfo import ATTN_PADDINGS, FLOAT_DTYPES, MAX_KERNEL_SIZE, WARP_MODES, WARP_PADDINGS
 
 
 def _tensor(op, name, t):
     if not isinstance(t, torch.Tensor):
         raise TypeError("%s: argument '%s' must be a torch.Tensor, got %s" % (op, name, type(t).__name__))
-    if t.dtype not in _FLOAT_DTYPES:
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
             "%s: argument '%s' must be a floating-point tensor (float32, float64, float16 or bfloat16), got %s"
             % (op, name, t.dtype)

@@ -77,7 +77,8 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (PyModule_AddStringConstant(mod, "torch_version", ARSEG_TORCH_VERSION) < 0 ||
       PyModule_AddStringConstant(mod, "cuda_version", ARSEG_CUDA_VERSION) < 0 ||
       PyModule_AddStringConstant(mod, "cuda_archs", ARSEG_CUDA_ARCHS) < 0 ||
-      PyModule_AddIntConstant(mod, "with_cuda", ARSEG_WITH_CUDA_FLAG) < 0) {
+      PyModule_AddIntConstant(mod, "with_cuda", ARSEG_WITH_CUDA_FLAG) < 0 ||
+      PyModule_AddIntConstant(mod, "max_kernel_size", arseg::kMaxKernelSize) < 0) {
     Py_DECREF(mod);
     return nullptr;
   }

@@ -7,7 +7,6 @@
 
 Parameter names and forward passes follow the authors' release, so their checkpoints load unchanged.
 """
-from . import flops  # noqa: F401  (registers the arseg ops' FLOP formulas with torch.utils.flop_counter)
 from .arseg import IMAGENET_MEAN, IMAGENET_STD, ARSeg, build_networks
 from .backbones import DilatedResNet18, ResNet18
 from .bisenet import BiSeNet18, BiSeNet18WithCReFF

@@ -1,62 +1,14 @@
-"""Cost accounting: teach torch.utils.flop_counter the arseg ops, and count AR-Seg's GMACs per frame.
+"""Cost accounting of the networks: AR-Seg's GMACs per frame.
 
-PyTorch's FlopCounterMode reports FLOPs = 2 x multiply-accumulates (its convolution and matmul formulas), so
-the formulas registered here do the same: local attention costs 2*C*H*W*k^2 MACs per image (C*k^2 for the
-similarities, Cv*k^2 for the weighted sum of values, per pixel); a bilinear warp 4 MACs per output element
-(nearest: none). Registration happens once, at import.
+PyTorch's FlopCounterMode counts convolutions and linear layers; the arseg ops' own formulas (local attention
+2*(C+Cv)*H*W*k^2 FLOPs, a bilinear warp 8 FLOPs per output element) are registered with it by the core
+(arseg_ops/_opinfo.py), next to the ops they describe. FLOPs = 2 x multiply-accumulates.
 """
 import torch
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode
 
-_ops = torch.ops.arseg_ops
-
-
-def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _local_attn_macs(query_shape, value_shape, kernel_size):
-    n, c, h, w = query_shape
-    return n * h * w * kernel_size * kernel_size * (c + value_shape[1])
-
-
-@register_flop_formula(_ops.local_attn)
-def _local_attn_flop(query_shape, key_shape, value_shape, kernel_size=7, *args, out_shape=None, **kwargs):
-    return 2 * _local_attn_macs(query_shape, value_shape, kernel_size)
-
-
-@register_flop_formula(_ops.local_attn_backward)
-def _local_attn_backward_flop(grad_shape, query_shape, key_shape, value_shape, kernel_size, *args,
-                              out_shape=None, **kwargs):
-    # dq and dk (C*k^2 each), dv and d(attention) = <grad, v_j> (Cv*k^2 each): twice the forward.
-    return 4 * _local_attn_macs(query_shape, value_shape, kernel_size)
-
-
-def _warp_macs(feature_shape, mode):
-    return 4 * _numel(feature_shape) if mode == "bilinear" else 0
-
-
-@register_flop_formula(_ops.mv_warp)
-def _mv_warp_flop(feature_shape, mv_shape, scale_x=1.0, scale_y=1.0, mode="bilinear", *args, out_shape=None,
-                  **kwargs):
-    return 2 * _warp_macs(feature_shape, mode)
-
-
-@register_flop_formula(_ops.mv_warp_backward_feature)
-def _mv_warp_backward_feature_flop(grad_shape, mv_shape, scale_x, scale_y, mode, *args, out_shape=None,
-                                   **kwargs):
-    return 2 * _warp_macs(grad_shape, mode)
-
-
-@register_flop_formula(_ops.mv_warp_backward_mv)
-def _mv_warp_backward_mv_flop(grad_shape, feature_shape, mv_shape, scale_x, scale_y, mode, *args,
-                              out_shape=None, **kwargs):
-    # d/dx and d/dy of the 4-tap interpolation: two 4-tap sums per element.
-    return 4 * _warp_macs(feature_shape, mode)
-
+from .arseg import build_networks
+from .frames import lr_size, warp_to_frame
 
 def _gmacs(fn):
     counter = FlopCounterMode(display=False)
@@ -73,8 +25,6 @@ def count_gmacs(backbone, size, scale=1.0, keyframe_interval=12, *, num_classes=
     bilinear warp (4 MACs per warped feature element). scale=1.0 means the plain HR network on every frame.
     Runs on meta tensors: no memory, no real arithmetic.
     """
-    from .arseg import build_networks, lr_size, warp_to_frame  # deferred: arseg imports this package
-
     if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
         raise ValueError(f"size must be (H, W) positive ints, got {size!r}")
     if not isinstance(scale, (int, float)) or not 0 < scale <= 1:

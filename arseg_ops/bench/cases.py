@@ -1,0 +1,204 @@
+"""Benchmark cases: what to measure (`Case`) and how to run it (`build`).
+
+A `Case` names one measurable call (op, implementation, forward or forward+backward, shape, dtype, device);
+`build(case)` turns it into a zero-argument callable on freshly made inputs. Fused and reference cases with
+the same parameters get bit-identical inputs (the generator is seeded from the parameters), so every pair is
+compared on the same data.
+"""
+import dataclasses
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+import arseg_ops
+from arseg_ops import models, reference
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+PASSES = ("forward", "forward_backward")  # what `arseg bench` reports
+ALL_PASSES = PASSES + ("backward",)  # backward: gradients through a graph built once, at build time
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str  # "local_attn" | "mv_warp" | "creff" | "arseg_step"
+    impl: str  # "fused" | "reference" | "grid_sample" | "copy" (mv_warp) | "keyframe" | "non_keyframe" (arseg_step)
+    pass_: str = "forward"  # "forward" | "forward_backward"
+    size: tuple = (180, 240)  # (H, W) of the feature map (the image for arseg_step)
+    channels: int = 64
+    kernel_size: int = 7
+    block: int = 4  # mv_warp: side of a motion block in pixels; 1 = dense flow
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch: int = 1
+    backbone: str = "psp18"  # arseg_step only
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        if self.pass_ not in ALL_PASSES:
+            raise ValueError("pass_ must be one of %s, got %r" % (ALL_PASSES, self.pass_))
+        if self.dtype not in DTYPES:
+            raise ValueError("dtype must be one of %s, got %r" % (sorted(DTYPES), self.dtype))
+        if self.op not in _BUILDERS:
+            raise ValueError("op must be one of %s, got %r" % (sorted(_BUILDERS), self.op))
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        """The case as JSON-friendly fields; the pass is stored under "pass" (a Python keyword, hence `pass_`)."""
+        d = dataclasses.asdict(self)
+        d["pass"] = d.pop("pass_")
+        d["size"] = list(d["size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        if "pass" in d:
+            d["pass_"] = d.pop("pass")
+        return cls(**d)
+
+    @property
+    def shape_label(self):
+        return "%dx%dx%d" % ((self.channels,) + self.size)
+
+
+def parse_size(text):
+    """'720x960' -> (720, 960)."""
+    try:
+        h, w = (int(p) for p in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError("size must look like HxW (e.g. 720x960), got %r" % (text,)) from None
+    if h <= 0 or w <= 0:
+        raise ValueError("size must be positive, got %r" % (text,))
+    return h, w
+
+
+# ---- inputs and builders ----
+
+
+def _generator(case):
+    # Same parameters, same inputs: the seed ignores the implementation.
+    key = (case.op, case.pass_, case.size, case.channels, case.kernel_size, case.block, case.batch)
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+def _randn(case, gen, shape, std=1.0, requires_grad=False):
+    # Made on the CPU with a CPU generator (identical on every device), then moved.
+    t = (torch.randn(shape, generator=gen) * std).to(device=case.device, dtype=DTYPES[case.dtype])
+    return t.requires_grad_(requires_grad)
+
+
+def _forward_or_backward(case, fn, inputs, grad_inputs, out_shape, gen):
+    """A callable running fn(*inputs), and for forward_backward also the gradients of grad_inputs."""
+    if case.pass_ == "forward":
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+        return run
+    grad_out = _randn(case, gen, out_shape)
+    if case.pass_ == "backward":
+        out = fn(*inputs)
+        return lambda: torch.autograd.grad(out, grad_inputs, grad_out, retain_graph=True)
+
+    def run():
+        out = fn(*inputs)
+        return torch.autograd.grad(out, grad_inputs, grad_out)
+    return run
+
+
+def _build_local_attn(case, gen):
+    fns = {"fused": arseg_ops.local_attn, "reference": reference.local_attn}
+    if case.impl not in fns:
+        raise ValueError("local_attn impl must be one of %s, got %r" % (sorted(fns), case.impl))
+    grad = case.pass_ != "forward"
+    shape = (case.batch, case.channels) + case.size
+    # std C**-0.25 keeps the logits ~N(0, 1), as in a trained network (no denormal-heavy softmax tails).
+    q, k, v = (_randn(case, gen, shape, case.channels ** -0.25, grad) for _ in range(3))
+    fn = fns[case.impl]
+    return _forward_or_backward(case, lambda q, k, v: fn(q, k, v, case.kernel_size), (q, k, v), (q, k, v), v.shape, gen)
+
+
+def _block_motion(case, gen):
+    h, w = case.size
+    b = case.block
+    return _randn(case, gen, (case.batch, 2, -(-h // b), -(-w // b)), std=3.0)  # a few pixels, like codec motion
+
+
+def dense_flow_grid_sample(feature, mv):
+    """The unfused way to warp by block motion: expand to a dense flow, normalize, grid_sample."""
+    n, _, h, w = feature.shape
+    hb, wb = mv.shape[2:]
+    by = torch.arange(h, device=mv.device) * hb // h
+    bx = torch.arange(w, device=mv.device) * wb // w
+    flow = mv[:, :, by][:, :, :, bx]
+    xs = torch.arange(w, device=mv.device, dtype=mv.dtype).view(1, 1, w) + flow[:, 0]
+    ys = torch.arange(h, device=mv.device, dtype=mv.dtype).view(1, h, 1) + flow[:, 1]
+    # align_corners=True: -1 and 1 are the centres of the first and last pixel (integer = pixel centre).
+    grid = torch.stack((2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1), dim=-1)
+    return F.grid_sample(feature, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _build_mv_warp(case, gen):
+    fns = {
+        "fused": arseg_ops.mv_warp,
+        "reference": reference.mv_warp,
+        "grid_sample": dense_flow_grid_sample,
+        "copy": lambda feature, mv: feature.clone(),  # the same bytes moved, no sampling: the bandwidth bound
+    }
+    if case.impl not in fns:
+        raise ValueError("mv_warp impl must be one of %s, got %r" % (sorted(fns), case.impl))
+    if case.impl == "copy" and case.pass_ != "forward":
+        raise ValueError("the copy baseline has no backward")
+    # Codec motion carries no gradient: forward_backward differentiates the (HR) feature only.
+    feature = _randn(case, gen, (case.batch, case.channels) + case.size, requires_grad=case.pass_ != "forward")
+    mv = _block_motion(case, gen)
+    return _forward_or_backward(case, fns[case.impl], (feature, mv), (feature,), feature.shape, gen)
+
+
+def _build_creff(case, gen):
+    if case.impl not in ("fused", "reference"):
+        raise ValueError("creff impl must be 'fused' or 'reference', got %r" % (case.impl,))
+    module = models.CReFF(case.channels, kernel_size=case.kernel_size).to(case.device, DTYPES[case.dtype])
+    grad = case.pass_ != "forward"
+    hr, lr = (_randn(case, gen, (case.batch, case.channels) + case.size, requires_grad=grad) for _ in range(2))
+    params = tuple(p for p in module.parameters() if p.requires_grad)
+    forward = module
+    if case.impl == "reference":
+        # The same module with its attention swapped for the unfold reference (CReFF looks the op up per call).
+        def forward(hr, lr):
+            fused = arseg_ops.local_attn
+            arseg_ops.local_attn = reference.local_attn
+            try:
+                return module(hr, lr)
+            finally:
+                arseg_ops.local_attn = fused
+    return _forward_or_backward(case, forward, (hr, lr), (hr, lr) + params, lr.shape, gen)
+
+
+def _build_arseg_step(case, gen):
+    if case.impl not in ("keyframe", "non_keyframe"):
+        raise ValueError("arseg_step impl must be 'keyframe' or 'non_keyframe', got %r" % (case.impl,))
+    if case.pass_ != "forward":
+        raise ValueError("arseg_step is inference only (pass_='forward')")
+    seg = models.ARSeg(backbone=case.backbone, num_classes=12).to(case.device, DTYPES[case.dtype]).eval()
+    image = _randn(case, gen, (case.batch, 3) + case.size)
+    mv = _block_motion(case, gen)
+    with torch.no_grad():
+        seg.keyframe(image)  # the non-keyframe step needs the cached HR feature
+    step = seg.keyframe if case.impl == "keyframe" else (lambda img: seg.non_keyframe(img, mv))
+
+    def run():
+        with torch.no_grad():
+            return step(image)
+    return run
+
+
+_BUILDERS = {"local_attn": _build_local_attn, "mv_warp": _build_mv_warp, "creff": _build_creff,
+             "arseg_step": _build_arseg_step}
+
+
+def build(case):
+    """A zero-argument callable that runs `case` once on inputs made now (returns the op's outputs)."""
+    return _BUILDERS[case.op](case, _generator(case))
