@@ -1,22 +1,17 @@
 """The AR-Seg pipeline: HR network on keyframes, LR network + motion-warped HR feature + CReFF on other frames.
 
-Motion-vector convention. `mv_to_key` (N, 2, Hb, Wb) is in image pixels on a block grid: image pixel p of the
-current frame corresponds to p + mv in the keyframe. The cached HR feature has its own grid (PSPNet-18: stride
-1, i.e. the image size when H, W are multiples of 8; BiSeNet-18: 1/8). Subsampling the image by f = H / H_feat,
-a feature pixel centre x_f lies at image coordinate (x_f + 0.5) * f - 0.5, so an image displacement d is d / f
-feature pixels; we call `arseg_ops.mv_warp(feature, mv, scale=(W_feat / W, H_feat / H))`, whose block lookup
-floor(y * Hb / H_feat) maps the motion grid proportionally onto the feature grid. Zero motion = identity warp.
+The motion-vector convention (image pixels, block grid, scaling to the feature grid) is in models/frames.py.
 """
 import numpy as np
 import torch
 import torch.nn as nn
 
-import arseg_ops
-
 from .bisenet import BiSeNet18, BiSeNet18WithCReFF
 from .checkpoint import load_official_state_dict
 from .creff import resize_ac
+from .frames import lr_size, warp_to_frame
 from .pspnet import PSPNet18, PSPNet18WithCReFF
+from .training import lr_training_step
 
 # Default input normalization: ImageNet statistics on the [0, 1] scale, RGB (the backbones are ImageNet-pretrained
 # ResNet-18s). Pass mean/std to ARSeg if a checkpoint was trained with other statistics.
@@ -35,17 +30,6 @@ def build_networks(backbone, num_classes=12, kernel_size=7):
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     hr_cls, lr_cls = BACKBONES[backbone]
     return hr_cls(num_classes), lr_cls(num_classes, kernel_size)
-
-
-def lr_size(size, scale):
-    """The LR network's input size: (int(H*scale), int(W*scale)), as the release."""
-    return int(size[0] * scale), int(size[1] * scale)
-
-
-def warp_to_frame(hr_feature, mv_to_key, image_size):
-    """Warp the keyframe's HR feature to the current frame; `mv_to_key` in image pixels (see module doc)."""
-    fh, fw = hr_feature.shape[-2:]
-    return arseg_ops.mv_warp(hr_feature, mv_to_key, scale=(fw / image_size[1], fh / image_size[0]))
 
 
 class ARSeg(nn.Module):
@@ -119,8 +103,6 @@ class ARSeg(nn.Module):
     # ---- training ----
     def lr_training_step(self, image, labels, **kwargs):
         """One LR-branch training step with this model's networks and scale: see models.lr_training_step."""
-        from .training import lr_training_step  # deferred: training imports this module
-
         return lr_training_step(self.lr_net, self.hr_net, image, labels, scale=self.scale, **kwargs)
 
     # ---- videos ----

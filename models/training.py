@@ -7,7 +7,7 @@ LR branch's classifier input matches the space the HR classifier was trained on.
 import torch
 import torch.nn.functional as F
 
-from .arseg import lr_size, warp_to_frame
+from .frames import lr_size, warp_to_frame
 from .creff import resize_ac
 
 
