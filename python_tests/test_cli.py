@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from arseg_ops import cli, cli_video, models, video
+from arseg_ops import cli, models, video
+from arseg_ops.cli import images
 
 H, W, FRAMES, GOP = 48, 64, 8, 4
 PAN_PX = 1.5  # content moves right by 1.5 px per frame
@@ -61,7 +62,7 @@ def test_bench_small_size_writes_table_and_json(tmp_path, capsys):
     assert "speedup" in out and "local_attn" in out and "mv_warp" in out and "feature 8x12x16" in out
     record = json.loads(path.read_text())
     cases = record["cases"]
-    assert {(c["op"], c["pass_"], c["impl"]) for c in cases} == {
+    assert {(c["op"], c["pass"], c["impl"]) for c in cases} == {
         (op, p, impl) for op in ("local_attn", "mv_warp") for p in ("forward", "forward_backward")
         for impl in ("fused", "reference")}
     for case in cases:
@@ -74,6 +75,30 @@ def test_bench_rejects_bad_arguments(capsys):
     assert _usage_error(["bench", "--dtype", "int8"], capsys)[0] == 2
     code, err = _usage_error(["bench", "--channels", "0"], capsys)
     assert code == 2 and "positive integer" in err
+    for k in ("4", "17", "0", "-3", "x"):
+        code, err = _usage_error(["bench", "--kernel-size", k], capsys)
+        assert code == 2 and "arseg bench: error" in err and "odd window size in [1, 15]" in err
+    for flag in ("--min-time", "--max-time"):
+        code, err = _usage_error(["bench", flag, "-1"], capsys)
+        assert code == 2 and "arseg bench: error" in err and ">= 0" in err
+
+
+def test_bench_table_shows_spread_and_flags_noisy_cases():
+    from arseg_ops import bench
+    from arseg_ops.cli import bench_command
+
+    case = bench.Case("local_attn", "fused", "forward", (8, 8), 4)
+    steady = bench.summarize_times([1.0, 1.0, 1.01, 1.0, 0.99])
+    noisy = bench.summarize_times([1.0, 3.0, 0.5, 2.0, 1.0])
+    headers, rows, notes = bench_command.table([(case, {"fused": steady, "reference": noisy})], cuda=False)
+    assert "rounds" in headers and rows[0][4] == "5/5"
+    assert rows[0][2].startswith("1000.00 (")
+    assert any("reference is noisy" in n for n in notes) and not any("fused is noisy" in n for n in notes)
+
+
+def test_usage_errors_name_the_command(capsys):
+    code, err = _usage_error(["motion", "missing.mp4", "-o", "x.gif"], capsys)
+    assert code == 2 and "arseg motion: error:" in err and "usage: arseg motion" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -139,7 +164,7 @@ def test_segment_with_weights_renders_the_class_maps(clip, tmp_path, capsys):
     assert code == 0 and "RANDOM" not in err
     with video.open(clip) as frames:
         frames = list(frames)
-    colours = cli_video.palette(12)
+    colours = images.palette(12)
     expected = [(colours[c.numpy()].astype(np.float64) + f.image.numpy()) // 2
                 for c, f in zip(seg.segment(frames), frames)]
     written = _decode(out_path)
@@ -216,7 +241,7 @@ def test_motion_errors(clip, tmp_path, capsys):
 def test_png_writer_round_trips_through_ffmpeg(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
     path = str(tmp_path / "x.png")
-    cli_video.write_png(path, image)
+    images.write_png(path, image)
     (decoded,) = _decode(path)
     assert np.array_equal(decoded, image)
 
@@ -224,7 +249,7 @@ def test_png_writer_round_trips_through_ffmpeg(tmp_path):
 def test_hsv_matches_colorsys():
     rng = np.random.default_rng(0)
     h, s, v = rng.random(50), rng.random(50), rng.random(50)
-    ours = cli_video.hsv_to_rgb(h, s, v)
+    ours = images.hsv_to_rgb(h, s, v)
     theirs = np.array([colorsys.hsv_to_rgb(*x) for x in zip(h, s, v)])
     assert np.allclose(ours, theirs)
 
