@@ -2,10 +2,9 @@
 import pytest
 import torch
 
-import arseg_ops
-from arseg_ops._loader import poison_outputs
+from arseg_ops.testing import cuda_available, poison_outputs
 
-HAS_CUDA = torch.cuda.is_available() and arseg_ops.build_info()["cuda"]
+HAS_CUDA = cuda_available()
 _NO_CUDA_REASON = "needs a CUDA device and an arseg_ops build with CUDA kernels"
 
 # Use as @pytest.mark.parametrize("device", DEVICES)

@@ -1,0 +1,59 @@
+"""Test utilities for arseg and for code built on it: output poisoning, kernel switches, tolerances, comparisons.
+
+    from arseg_ops import testing
+    with testing.poison_outputs():                 # every op output starts as NaN: unwritten elements show up
+        out = arseg_ops.local_attn(q, k, v)
+    testing.assert_close(out, reference.local_attn(q, k, v))          # tolerance chosen by dtype
+    testing.assert_low_precision_close(out16, torch16, truth64, "fwd")  # the 2x-PyTorch rule for fp16/bf16
+
+The arseg test suite (python_tests/) uses exactly these; downstream projects may too.
+"""
+import torch
+
+from ._loader import build_info, experimental_kernels, poison_outputs
+
+__all__ = ["poison_outputs", "experimental_kernels", "cuda_available", "TOLERANCES", "tolerance", "assert_close",
+           "max_abs_error", "assert_low_precision_close"]
+
+# Kernel vs reference, same dtype, O(1) random inputs. float32 sums of a few hundred products (C*k*k terms)
+# differ from the reference's order of summation by a few ulps of the largest partial sum.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-2, rtol=2e-2),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+
+
+def cuda_available():
+    """True when a CUDA device is visible and the installed arseg_ops was built with CUDA kernels."""
+    return torch.cuda.is_available() and build_info()["cuda"]
+
+
+def tolerance(dtype):
+    """{'atol', 'rtol'} for comparing a kernel's output of `dtype` with a reference computed at the same dtype."""
+    if dtype not in TOLERANCES:
+        raise ValueError("tolerance: no tolerance for %s (float32, float64, float16, bfloat16)" % (dtype,))
+    return dict(TOLERANCES[dtype])
+
+
+def assert_close(actual, expected, *, msg=None, **overrides):
+    """torch.testing.assert_close with the tolerance of actual's dtype (overridable), exact dtype match."""
+    tol = tolerance(actual.dtype)
+    tol.update(overrides)
+    torch.testing.assert_close(actual, expected, msg=msg, **tol)
+
+
+def max_abs_error(a, b):
+    """max |a - b| in float64 (0 for empty tensors)."""
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_low_precision_close(ours, theirs, truth, what):
+    """The rule for float16/bfloat16 kernels: `ours` may be at most 2x as far from the float64 `truth` as
+    `theirs` (the same computation done by PyTorch at that precision), plus one rounding of the largest value
+    (when both are exact)."""
+    eps = torch.finfo(ours.dtype).eps
+    floor = eps * max(1.0, truth.abs().max().item())
+    err_ours, err_theirs = max_abs_error(ours, truth), max_abs_error(theirs, truth)
+    assert err_ours <= 2 * err_theirs + floor, f"{what}: error {err_ours:.3g} vs PyTorch {err_theirs:.3g}"
