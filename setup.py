@@ -4,8 +4,15 @@ Environment:
   FORCE_CUDA=1          build the CUDA kernels even without a visible GPU (needs a CUDA build of torch + nvcc)
   ARSEG_FORCE_CPU=1     never build the CUDA kernels
   TORCH_CUDA_ARCH_LIST  CUDA architectures, e.g. "8.0;9.0" (default: the visible GPU's, else "8.0;9.0")
-  MAX_JOBS              parallel compile jobs (ninja)
+  MAX_JOBS              parallel compile jobs (default: all cores); used by ninja
+  ARSEG_DEBUG=1         debug build: -O0 -g with assertions on (-UNDEBUG) for C++; -O0 -G -g (device debug info)
+                        for nvcc. Slow kernels: for gdb / cuda-gdb / compute-sanitizer, never for timings.
+                        A debug build sets arseg_ops._C.debug to 1.
 Always install with `pip install --no-build-isolation ...`: an isolated build would download another torch.
+
+Parallel build: torch's BuildExtension compiles with ninja when the `ninja` package is installed
+(`pip install ninja`; one process per source file, MAX_JOBS at a time) and falls back to compiling the files
+one after another otherwise (it warns "could not find ninja"). Add `-v` to pip to see the compiler commands.
 """
 import glob
 import os
@@ -60,15 +67,23 @@ def _openmp_flags():
     return []
 
 
+def _debug():
+    return _flag("ARSEG_DEBUG")
+
+
 def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
 def _extension():
     with_cuda = _want_cuda()
+    debug = _debug()
     define_macros = [("ARSEG_TORCH_VERSION", '"%s"' % torch.__version__)]
+    if debug:
+        define_macros.append(("ARSEG_DEBUG_BUILD", None))
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx_flags = ["-O3"] + _openmp_flags()
+    # Flags given here come after Python's own (-DNDEBUG -O2 ...), so -O0 and -UNDEBUG win in a debug build.
+    cxx_flags = (["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]) + _openmp_flags()
     if not with_cuda:
         return CppExtension("arseg_ops._C", sources, define_macros=define_macros,
                             extra_compile_args={"cxx": cxx_flags})
@@ -79,7 +94,8 @@ def _extension():
         ("ARSEG_CUDA_ARCHS", '"%s"' % archs),
     ]
     sources += _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu")
-    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
+    nvcc_flags = ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
+    nvcc_flags += ["-O0", "-G", "-g", "-UNDEBUG"] if debug else ["-O3", "-lineinfo"]
     return CUDAExtension("arseg_ops._C", sources, define_macros=define_macros,
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
 

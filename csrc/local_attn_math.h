@@ -12,8 +12,13 @@ namespace arseg {
 
 enum class AttnPadding : int { Zeros = 0, Exclude = 1 };
 
+// The one statement of the kernel_size limit: the C++ checks, the CUDA launchers and (through
+// arseg_ops._C.max_kernel_size) the Python validation read it.
 constexpr int kMaxKernelSize = 15;
 constexpr int kMaxWindow = kMaxKernelSize * kMaxKernelSize;
+
+// The kernel sizes every backend accepts: odd, 1..kMaxKernelSize.
+ARSEG_HD constexpr bool is_valid_kernel_size(int64_t k) { return k >= 1 && k <= kMaxKernelSize && k % 2 == 1; }
 
 // Logit that an out-of-image window position contributes: 0 for zeros, -inf (weight 0) for exclude.
 template <typename acc_t>

@@ -72,9 +72,29 @@ void check_local_attn_args(const char* op, const at::Tensor& query, const at::Te
               value.sizes());
   check_same_dtype_device(op, key, "key", query, "query");
   check_same_dtype_device(op, value, "value", query, "query");
-  ARSEG_CHECK(kernel_size >= 1 && kernel_size <= kMaxKernelSize && kernel_size % 2 == 1, op,
+  ARSEG_CHECK(is_valid_kernel_size(kernel_size), op,
               "argument 'kernel_size' must be odd and in [1, ", kMaxKernelSize, "], got ", kernel_size);
   ARSEG_CHECK(std::isfinite(scale), op, "argument 'scale' must be finite, got ", scale);
+}
+
+MvWarpParams make_mv_warp_params(const at::Tensor& feature, const at::Tensor& mv, double scale_x, double scale_y,
+                                 c10::string_view mode, c10::string_view padding_mode) {
+  return {feature.size(0),
+          feature.size(1),
+          feature.size(2),
+          feature.size(3),
+          mv.size(2),
+          mv.size(3),
+          scale_x,
+          scale_y,
+          parse_warp_mode(std::string(mode)),
+          parse_warp_padding(std::string(padding_mode))};
+}
+
+LocalAttnParams make_local_attn_params(const at::Tensor& query, const at::Tensor& value, int64_t kernel_size,
+                                       double scale, c10::string_view padding) {
+  return {query.size(0), query.size(1),      value.size(1), query.size(2), query.size(3),
+          static_cast<int>(kernel_size), scale, parse_attn_padding(std::string(padding))};
 }
 
 static std::atomic<bool> g_poison_outputs{false};

@@ -1,4 +1,5 @@
-// What every backend's torch glue (CPU and CUDA) shares: argument checks, option parsing, output allocation.
+// What every backend's torch glue (CPU and CUDA) shares: argument checks, option parsing, params structs built
+// from tensors, output allocation.
 // The Python wrappers validate first (ValueError/TypeError); these TORCH_CHECKs guard direct
 // torch.ops.arseg_ops.* calls so that no kernel ever sees a malformed argument.
 #pragma once
@@ -9,8 +10,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "local_attn_math.h"
-#include "mv_warp_math.h"
+#include "op_params.h"
 
 // float32, float64, float16 and bfloat16; the kernels accumulate in at::opmath_type (float, or double).
 #define ARSEG_DISPATCH_FLOATS(TYPE, NAME, ...) \
@@ -24,14 +24,20 @@ WarpMode parse_warp_mode(const std::string& mode);
 WarpPadding parse_warp_padding(const std::string& padding_mode);
 AttnPadding parse_attn_padding(const std::string& padding);
 
-// feature (N,C,H,W) and mv (N,2,Hb,Wb): rank, sizes, dtype, device. `out_like` (optional) is a tensor that must
-// have feature's shape, dtype and device (grad_output in the backward).
+// feature (N,C,H,W) and mv (N,2,Hb,Wb): rank, sizes, dtype, device; finite scales. The backward ops pass
+// grad_output as `feature` where only its shape matters, and check it with check_grad_like otherwise.
 void check_mv_warp_args(const char* op, const at::Tensor& feature, const at::Tensor& mv, double scale_x,
                         double scale_y);
 
-// query/key (N,C,H,W), value (N,Cv,H,W), kernel_size odd in [1, 15], finite scale.
+// query/key (N,C,H,W), value (N,Cv,H,W), kernel_size odd in [1, kMaxKernelSize], finite scale.
 void check_local_attn_args(const char* op, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                            int64_t kernel_size, double scale);
+
+// Params of checked arguments (sizes from the tensors, options parsed; a bad option string raises).
+MvWarpParams make_mv_warp_params(const at::Tensor& feature, const at::Tensor& mv, double scale_x, double scale_y,
+                                 c10::string_view mode, c10::string_view padding_mode);
+LocalAttnParams make_local_attn_params(const at::Tensor& query, const at::Tensor& value, int64_t kernel_size,
+                                       double scale, c10::string_view padding);
 
 // `grad` must match `like` in shape, dtype and device.
 void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name);

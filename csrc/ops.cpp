@@ -36,6 +36,11 @@ TORCH_LIBRARY(arseg_ops, m) {
 #ifndef ARSEG_CUDA_ARCHS
 #define ARSEG_CUDA_ARCHS ""
 #endif
+#ifdef ARSEG_DEBUG_BUILD
+#define ARSEG_DEBUG_FLAG 1  // setup.py with ARSEG_DEBUG=1: -O0 -g, assertions on
+#else
+#define ARSEG_DEBUG_FLAG 0
+#endif
 #ifdef ARSEG_WITH_CUDA
 #define ARSEG_WITH_CUDA_FLAG 1
 #else
@@ -43,7 +48,8 @@ TORCH_LIBRARY(arseg_ops, m) {
 #endif
 
 // Importing arseg_ops._C loads this library, which runs the registrations above. The module itself only
-// carries what the build was made with, so arseg_ops can refuse a build made for another torch.
+// carries what the build was made with, so arseg_ops can refuse a build made for another torch, and the
+// schema-level limits the Python validation reads (max_kernel_size).
 static PyObject* set_poison_outputs_py(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);
   if (on < 0) return nullptr;
@@ -78,6 +84,7 @@ PyMODINIT_FUNC PyInit__C(void) {
       PyModule_AddStringConstant(mod, "cuda_version", ARSEG_CUDA_VERSION) < 0 ||
       PyModule_AddStringConstant(mod, "cuda_archs", ARSEG_CUDA_ARCHS) < 0 ||
       PyModule_AddIntConstant(mod, "with_cuda", ARSEG_WITH_CUDA_FLAG) < 0 ||
+      PyModule_AddIntConstant(mod, "debug", ARSEG_DEBUG_FLAG) < 0 ||
       PyModule_AddIntConstant(mod, "max_kernel_size", arseg::kMaxKernelSize) < 0) {
     Py_DECREF(mod);
     return nullptr;

@@ -11,36 +11,24 @@
 #include <vector>
 
 #include "../op_common.h"
+#include "../static_switch.h"
 
 namespace arseg {
 namespace {
 
-struct WarpGeometry {
-  int64_t N, C, H, W, Hb, Wb;
-  double sx, sy;
-  WarpMode mode;
-  WarpPadding padding;
-};
-
-WarpGeometry make_geometry(const at::Tensor& feature, const at::Tensor& mv, double sx, double sy,
-                           const std::string& mode, const std::string& padding_mode) {
-  return {feature.size(0), feature.size(1), feature.size(2), feature.size(3), mv.size(2), mv.size(3),
-          sx,          sy,          parse_warp_mode(mode),  parse_warp_padding(padding_mode)};
-}
-
 // Taps of output pixel (n, y, x): its block's vector, the sample coordinate x + sx*dx, the four taps.
 template <typename scalar_t, typename acc_t>
-inline void pixel_taps(const WarpGeometry& g, const scalar_t* mv, int64_t n, int64_t y, int64_t x, Taps<acc_t>& t) {
+inline void pixel_taps(const MvWarpParams& g, const scalar_t* mv, int64_t n, int64_t y, int64_t x, Taps<acc_t>& t) {
   const int64_t by = block_of(y, g.H, g.Hb), bx = block_of(x, g.W, g.Wb);
   const scalar_t* m = mv + ((n * 2) * g.Hb + by) * g.Wb + bx;  // dx; dy is one block plane further
-  const acc_t xs = static_cast<acc_t>(x) + static_cast<acc_t>(g.sx) * static_cast<acc_t>(m[0]);
-  const acc_t ys = static_cast<acc_t>(y) + static_cast<acc_t>(g.sy) * static_cast<acc_t>(m[g.Hb * g.Wb]);
+  const acc_t xs = static_cast<acc_t>(x) + static_cast<acc_t>(g.scale_x) * static_cast<acc_t>(m[0]);
+  const acc_t ys = static_cast<acc_t>(y) + static_cast<acc_t>(g.scale_y) * static_cast<acc_t>(m[g.Hb * g.Wb]);
   sample_taps(xs, ys, g.H, g.W, g.mode, g.padding, t);
 }
 
 // Taps of every pixel of output row (n, y), as structure-of-arrays buffers of length 4*W (tap-major).
 template <typename scalar_t, typename acc_t>
-void row_taps(const WarpGeometry& g, const scalar_t* mv, int64_t n, int64_t y, int64_t* idx, acc_t* w,
+void row_taps(const MvWarpParams& g, const scalar_t* mv, int64_t n, int64_t y, int64_t* idx, acc_t* w,
               acc_t* dwdx, acc_t* dwdy) {
   Taps<acc_t> t;
   for (int64_t x = 0; x < g.W; ++x) {
@@ -69,7 +57,7 @@ inline void warp_row(const scalar_t* __restrict__ plane, const int64_t* __restri
 }
 
 template <typename scalar_t>
-void forward_kernel(const WarpGeometry& g, const scalar_t* feat, const scalar_t* mv, scalar_t* out) {
+void forward_kernel(const MvWarpParams& g, const scalar_t* feat, const scalar_t* mv, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = g.H * g.W;
   at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
@@ -88,10 +76,8 @@ void forward_kernel(const WarpGeometry& g, const scalar_t* feat, const scalar_t*
       for (int64_t c = 0; c < g.C; ++c) {
         const scalar_t* plane = feat + (n * g.C + c) * HW;
         scalar_t* o = out + (n * g.C + c) * HW + y * g.W;
-        if (g.mode == WarpMode::Nearest)
-          warp_row<1>(plane, idx.data(), w.data(), o, g.W);
-        else
-          warp_row<4>(plane, idx.data(), w.data(), o, g.W);
+        ARSEG_BOOL_SWITCH(g.mode == WarpMode::Nearest, kNearest,
+                          [&] { warp_row<kNearest ? 1 : 4>(plane, idx.data(), w.data(), o, g.W); });
       }
     }
   });
@@ -100,7 +86,7 @@ void forward_kernel(const WarpGeometry& g, const scalar_t* feat, const scalar_t*
 // d feature: scatter of the weighted taps. Taps of one image are computed once (O(H*W) buffer), then channel
 // planes are processed in parallel, each owning its own output plane: no atomics, deterministic.
 template <typename scalar_t>
-void backward_feature_kernel(const WarpGeometry& g, const scalar_t* grad_out, const scalar_t* mv,
+void backward_feature_kernel(const MvWarpParams& g, const scalar_t* grad_out, const scalar_t* mv,
                              scalar_t* grad_feat) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = g.H * g.W;
@@ -137,7 +123,7 @@ void backward_feature_kernel(const WarpGeometry& g, const scalar_t* grad_out, co
 // and scaled by (sx, sy). One task per block row (n, by): the rows of a block row are reduced in a fixed
 // order, so the result is deterministic.
 template <typename scalar_t>
-void backward_mv_kernel(const WarpGeometry& g, const scalar_t* grad_out, const scalar_t* feat, const scalar_t* mv,
+void backward_mv_kernel(const MvWarpParams& g, const scalar_t* grad_out, const scalar_t* feat, const scalar_t* mv,
                         scalar_t* grad_mv) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = g.H * g.W;
@@ -177,8 +163,8 @@ void backward_mv_kernel(const WarpGeometry& g, const scalar_t* grad_out, const s
       scalar_t* gmx = grad_mv + ((n * 2 + 0) * g.Hb + by) * g.Wb;
       scalar_t* gmy = grad_mv + ((n * 2 + 1) * g.Hb + by) * g.Wb;
       for (int64_t bx = 0; bx < g.Wb; ++bx) {
-        gmx[bx] = static_cast<scalar_t>(bx_acc[bx] * static_cast<acc_t>(g.sx));
-        gmy[bx] = static_cast<scalar_t>(by_acc[bx] * static_cast<acc_t>(g.sy));
+        gmx[bx] = static_cast<scalar_t>(bx_acc[bx] * static_cast<acc_t>(g.scale_x));
+        gmy[bx] = static_cast<scalar_t>(by_acc[bx] * static_cast<acc_t>(g.scale_y));
       }
     }
   });
@@ -187,7 +173,7 @@ void backward_mv_kernel(const WarpGeometry& g, const scalar_t* grad_out, const s
 at::Tensor mv_warp_cpu(const at::Tensor& feature, const at::Tensor& mv, double scale_x, double scale_y,
                        c10::string_view mode, c10::string_view padding_mode) {
   check_mv_warp_args("mv_warp", feature, mv, scale_x, scale_y);
-  const auto g = make_geometry(feature, mv, scale_x, scale_y, std::string(mode), std::string(padding_mode));
+  const auto g = make_mv_warp_params(feature, mv, scale_x, scale_y, mode, padding_mode);
   const at::Tensor f = feature.contiguous(), m = mv.contiguous();
   at::Tensor out = new_output(feature.sizes(), feature.options());
   if (out.numel() == 0) return out;
@@ -201,7 +187,7 @@ at::Tensor mv_warp_cpu(const at::Tensor& feature, const at::Tensor& mv, double s
 at::Tensor mv_warp_backward_feature_cpu(const at::Tensor& grad_output, const at::Tensor& mv, double scale_x,
                                         double scale_y, c10::string_view mode, c10::string_view padding_mode) {
   check_mv_warp_args("mv_warp_backward_feature", grad_output, mv, scale_x, scale_y);
-  const auto g = make_geometry(grad_output, mv, scale_x, scale_y, std::string(mode), std::string(padding_mode));
+  const auto g = make_mv_warp_params(grad_output, mv, scale_x, scale_y, mode, padding_mode);
   const at::Tensor go = grad_output.contiguous(), m = mv.contiguous();
   at::Tensor grad_feature = new_output(grad_output.sizes(), grad_output.options());
   if (grad_feature.numel() == 0) return grad_feature;
@@ -217,7 +203,7 @@ at::Tensor mv_warp_backward_mv_cpu(const at::Tensor& grad_output, const at::Tens
                                    c10::string_view padding_mode) {
   check_mv_warp_args("mv_warp_backward_mv", feature, mv, scale_x, scale_y);
   check_grad_like("mv_warp_backward_mv", grad_output, feature, "feature");
-  const auto g = make_geometry(feature, mv, scale_x, scale_y, std::string(mode), std::string(padding_mode));
+  const auto g = make_mv_warp_params(feature, mv, scale_x, scale_y, mode, padding_mode);
   const at::Tensor go = grad_output.contiguous(), f = feature.contiguous(), m = mv.contiguous();
   at::Tensor grad_mv = new_output(mv.sizes(), mv.options());
   if (grad_mv.numel() == 0) return grad_mv;

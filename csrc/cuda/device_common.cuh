@@ -1,5 +1,5 @@
-// Device-side helpers shared by the .cu files: element <-> accumulator conversion, launch-size limits and the
-// explicit-instantiation list. nvcc only; no torch.
+// Device-side helpers shared by the .cu files: element <-> accumulator conversion, launch-size limits, the
+// grid-stride loop, compile-time switches and the explicit-instantiation list. nvcc only; no torch.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "../static_switch.h"
 #include "kernels.h"
 
 namespace arseg {
@@ -39,6 +40,15 @@ inline unsigned grid_dim(int64_t want, int64_t limit) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// body(i) for every i in [0, count) that falls to this thread, for any 1-D grid: grids are capped at kMaxGridX
+// blocks, so a thread strides by the whole grid until the range is covered. 64-bit indices.
+template <typename Body>
+__device__ __forceinline__ void grid_stride_loop(int64_t count, Body body) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    body(i);
+}
 
 }  // namespace cuda
 }  // namespace arseg

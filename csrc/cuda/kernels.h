@@ -1,7 +1,8 @@
 // Torch-free interface of the CUDA kernels: raw pointers, sizes and a stream in, a cudaError_t out.
 //
-// The .cu files include only this header, the shared per-element math (../mv_warp_math.h,
-// ../local_attn_math.h) and CUDA headers, so CMake can compile them without torch. The torch glue
+// The .cu files include only this header, the shared params structs and per-element math (../op_params.h,
+// ../mv_warp_math.h, ../local_attn_math.h, ../static_switch.h) and CUDA headers, so CMake can compile them
+// without torch. The torch glue
 // (mv_warp_cuda.cpp, local_attn_cuda.cpp) checks arguments, makes inputs contiguous (NCHW), allocates outputs
 // and workspaces, and turns a returned error into a TORCH_CHECK.
 //
@@ -15,8 +16,7 @@
 
 #include <cuda_runtime.h>
 
-#include "../local_attn_math.h"
-#include "../mv_warp_math.h"
+#include "../op_params.h"
 
 namespace arseg {
 namespace cuda {
@@ -31,13 +31,7 @@ struct AccType<double> {
 };
 
 // ---------------------------------------------------------------------------------------------------------
-// mv_warp: feature/out/grad (N, C, H, W), mv/grad_mv (N, 2, Hb, Wb), all contiguous.
-struct MvWarpParams {
-  int64_t N, C, H, W, Hb, Wb;
-  double scale_x, scale_y;
-  WarpMode mode;
-  WarpPadding padding;
-};
+// mv_warp (MvWarpParams in ../op_params.h).
 
 template <typename T>
 cudaError_t mv_warp_forward(const MvWarpParams& p, const T* feature, const T* mv, T* out, cudaStream_t stream);
@@ -62,13 +56,7 @@ cudaError_t mv_warp_backward_mv(const MvWarpParams& p, const T* grad_output, con
                                 T* grad_mv, void* workspace, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------------
-// local_attn: query/key/dq/dk (N, C, H, W), value/out/dout/dv (N, Cv, H, W), all contiguous.
-struct LocalAttnParams {
-  int64_t N, C, Cv, H, W;
-  int kernel_size;  // odd, 1..kMaxKernelSize
-  double scale;
-  AttnPadding padding;
-};
+// local_attn (LocalAttnParams in ../op_params.h).
 
 template <typename T>
 cudaError_t local_attn_forward(const LocalAttnParams& p, const T* query, const T* key, const T* value, T* out,

@@ -233,17 +233,6 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-template <typename T, int K>
-cudaError_t launch_tiled(const LocalAttnParams& p, const T* dout, const T* q, const T* k, const T* v, T* dq, T* dk,
-                         T* dv, typename AccType<T>::type* stats, cudaStream_t stream) {
-  const dim3 grid = tile_grid(p), block(kTileW, kTileH);
-  query_grad_tiled_kernel<T, K><<<grid, block, 0, stream>>>(p, dout, q, k, v, dq, stats);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  key_grad_tiled_kernel<T, K><<<grid, block, 0, stream>>>(p, dout, q, k, v, dk, dv, stats);
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 template <typename T>
@@ -258,20 +247,21 @@ cudaError_t local_attn_backward(const LocalAttnParams& p, const T* grad_output, 
   if (p.N * p.H * p.W == 0 || p.C + p.Cv == 0) return cudaSuccess;
   acc_t* stats = static_cast<acc_t*>(workspace);
   if (stats == nullptr) return cudaErrorInvalidValue;
-  switch (p.kernel_size) {
-    case 1: return launch_tiled<T, 1>(p, grad_output, query, key, value, dq, dk, dv, stats, stream);
-    case 3: return launch_tiled<T, 3>(p, grad_output, query, key, value, dq, dk, dv, stats, stream);
-    case 5: return launch_tiled<T, 5>(p, grad_output, query, key, value, dq, dk, dv, stats, stream);
-    case 7: return launch_tiled<T, 7>(p, grad_output, query, key, value, dq, dk, dv, stats, stream);
-    default: break;
-  }
-  if (p.kernel_size < 1 || p.kernel_size > kMaxKernelSize || p.kernel_size % 2 == 0) return cudaErrorInvalidValue;
-  const dim3 grid = tile_grid(p), block(kTileW, kTileH);
-  query_grad_generic_kernel<T><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dq, stats);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  key_grad_generic_kernel<T><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dk, dv, stats);
-  return cudaGetLastError();
+  if (!is_valid_kernel_size(p.kernel_size)) return cudaErrorInvalidValue;
+  return ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
+    const dim3 grid = tile_grid(p), block(kTileW, kTileH);
+    if constexpr (K == kGenericKernelSize)
+      query_grad_generic_kernel<T><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dq, stats);
+    else
+      query_grad_tiled_kernel<T, K><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dq, stats);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    if constexpr (K == kGenericKernelSize)
+      key_grad_generic_kernel<T><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dk, dv, stats);
+    else
+      key_grad_tiled_kernel<T, K><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dk, dv, stats);
+    return cudaGetLastError();
+  });
 }
 
 #define ARSEG_INSTANTIATE_ATTN_BACKWARD(T)                                                                   \

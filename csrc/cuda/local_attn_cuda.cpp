@@ -10,16 +10,10 @@
 namespace arseg {
 namespace {
 
-cuda::LocalAttnParams make_params(const at::Tensor& q, const at::Tensor& v, int64_t kernel_size, double scale,
-                                  c10::string_view padding) {
-  return {q.size(0),  q.size(1), v.size(1), q.size(2), q.size(3), static_cast<int>(kernel_size),
-          scale, parse_attn_padding(std::string(padding))};
-}
-
 at::Tensor local_attn_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                            int64_t kernel_size, double scale, c10::string_view padding) {
   check_local_attn_args("local_attn", query, key, value, kernel_size, scale);
-  const auto p = make_params(query, value, kernel_size, scale, padding);
+  const auto p = make_local_attn_params(query, value, kernel_size, scale, padding);
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor q = query.contiguous(), k = key.contiguous(), v = value.contiguous();
   at::Tensor out = new_output(value.sizes(), value.options());
@@ -39,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attn_backward_cuda(const at
                                                                         double scale, c10::string_view padding) {
   check_local_attn_args("local_attn_backward", query, key, value, kernel_size, scale);
   check_grad_like("local_attn_backward", grad_output, value, "value");
-  const auto p = make_params(query, value, kernel_size, scale, padding);
+  const auto p = make_local_attn_params(query, value, kernel_size, scale, padding);
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor go = grad_output.contiguous(), q = query.contiguous(), k = key.contiguous(),
                    v = value.contiguous();

@@ -89,26 +89,19 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-template <typename T, int K>
-void launch_tiled(const LocalAttnParams& p, const T* q, const T* k, const T* v, T* out, cudaStream_t stream) {
-  forward_tiled_kernel<T, K><<<tile_grid(p), dim3(kTileW, kTileH), 0, stream>>>(p, q, k, v, out);
-}
-
 }  // namespace
 
 template <typename T>
 cudaError_t local_attn_forward(const LocalAttnParams& p, const T* query, const T* key, const T* value, T* out,
                                cudaStream_t stream) {
   if (p.N * p.Cv * p.H * p.W == 0) return cudaSuccess;
-  switch (p.kernel_size) {
-    case 1: launch_tiled<T, 1>(p, query, key, value, out, stream); break;
-    case 3: launch_tiled<T, 3>(p, query, key, value, out, stream); break;
-    case 5: launch_tiled<T, 5>(p, query, key, value, out, stream); break;
-    case 7: launch_tiled<T, 7>(p, query, key, value, out, stream); break;
-    default:
-      if (p.kernel_size < 1 || p.kernel_size > kMaxKernelSize || p.kernel_size % 2 == 0) return cudaErrorInvalidValue;
+  if (!is_valid_kernel_size(p.kernel_size)) return cudaErrorInvalidValue;
+  ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
+    if constexpr (K == kGenericKernelSize)
       forward_generic_kernel<T><<<tile_grid(p), dim3(kTileW, kTileH), 0, stream>>>(p, query, key, value, out);
-  }
+    else
+      forward_tiled_kernel<T, K><<<tile_grid(p), dim3(kTileW, kTileH), 0, stream>>>(p, query, key, value, out);
+  });
   return cudaGetLastError();
 }
 

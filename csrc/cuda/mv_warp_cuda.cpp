@@ -7,16 +7,10 @@
 namespace arseg {
 namespace {
 
-cuda::MvWarpParams make_params(const at::Tensor& feature, const at::Tensor& mv, double sx, double sy,
-                               c10::string_view mode, c10::string_view padding_mode) {
-  return {feature.size(0), feature.size(1), feature.size(2), feature.size(3), mv.size(2), mv.size(3),
-          sx,          sy,          parse_warp_mode(std::string(mode)), parse_warp_padding(std::string(padding_mode))};
-}
-
 at::Tensor mv_warp_cuda(const at::Tensor& feature, const at::Tensor& mv, double scale_x, double scale_y,
                         c10::string_view mode, c10::string_view padding_mode) {
   check_mv_warp_args("mv_warp", feature, mv, scale_x, scale_y);
-  const auto p = make_params(feature, mv, scale_x, scale_y, mode, padding_mode);
+  const auto p = make_mv_warp_params(feature, mv, scale_x, scale_y, mode, padding_mode);
   const c10::cuda::CUDAGuard guard(feature.device());
   const at::Tensor f = feature.contiguous(), m = mv.contiguous();
   at::Tensor out = new_output(feature.sizes(), feature.options());
@@ -33,7 +27,7 @@ at::Tensor mv_warp_cuda(const at::Tensor& feature, const at::Tensor& mv, double 
 at::Tensor mv_warp_backward_feature_cuda(const at::Tensor& grad_output, const at::Tensor& mv, double scale_x,
                                          double scale_y, c10::string_view mode, c10::string_view padding_mode) {
   check_mv_warp_args("mv_warp_backward_feature", grad_output, mv, scale_x, scale_y);
-  const auto p = make_params(grad_output, mv, scale_x, scale_y, mode, padding_mode);
+  const auto p = make_mv_warp_params(grad_output, mv, scale_x, scale_y, mode, padding_mode);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor go = grad_output.contiguous(), m = mv.contiguous();
   at::Tensor grad_feature = new_output(grad_output.sizes(), grad_output.options());
@@ -55,7 +49,7 @@ at::Tensor mv_warp_backward_mv_cuda(const at::Tensor& grad_output, const at::Ten
                                     c10::string_view padding_mode) {
   check_mv_warp_args("mv_warp_backward_mv", feature, mv, scale_x, scale_y);
   check_grad_like("mv_warp_backward_mv", grad_output, feature, "feature");
-  const auto p = make_params(feature, mv, scale_x, scale_y, mode, padding_mode);
+  const auto p = make_mv_warp_params(feature, mv, scale_x, scale_y, mode, padding_mode);
   const c10::cuda::CUDAGuard guard(feature.device());
   const at::Tensor go = grad_output.contiguous(), f = feature.contiguous(), m = mv.contiguous();
   at::Tensor grad_mv = new_output(mv.sizes(), mv.options());

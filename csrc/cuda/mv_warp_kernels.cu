@@ -36,6 +36,21 @@ __device__ __forceinline__ void pixel_taps(const MvWarpParams& p, const T* __res
   sample_taps(xs, ys, p.H, p.W, p.mode, p.padding, t);
 }
 
+// Output pixel (n, y, x) of an (N, H, W) grid: `flat` = n*H*W + y*W + x, `rem` = y*W + x (offset in a plane).
+struct Pixel {
+  int64_t flat, n, rem, y, x;
+};
+
+// body(pixel) for every output pixel that falls to this thread (grid-stride loop over N*H*W).
+template <typename Body>
+__device__ __forceinline__ void for_each_pixel(const MvWarpParams& p, Body body) {
+  const int64_t HW = p.H * p.W;
+  grid_stride_loop(p.N * HW, [&](int64_t flat) {
+    const int64_t n = flat / HW, rem = flat - n * HW, y = rem / p.W;
+    body(Pixel{flat, n, rem, y, rem - y * p.W});
+  });
+}
+
 // Channel range of this CTA: blockIdx.y selects a chunk of `chunk` channels.
 struct ChannelRange {
   int64_t begin, end;
@@ -50,14 +65,13 @@ __global__ void __launch_bounds__(kThreads)
     forward_kernel(MvWarpParams p, const T* __restrict__ feat, const T* __restrict__ mv, T* __restrict__ out,
                    int64_t chunk) {
   using acc_t = typename AccType<T>::type;
-  const int64_t HW = p.H * p.W, P = p.N * HW;
+  const int64_t HW = p.H * p.W;
   const int ntaps = taps_used(p.mode);
   const ChannelRange cr = channel_range(p.C, chunk);
-  for (int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; pix < P;
-       pix += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = pix / HW, rem = pix - n * HW, y = rem / p.W, x = rem - y * p.W;
+  for_each_pixel(p, [&](const Pixel& px) {
+    const int64_t n = px.n, rem = px.rem;
     Taps<acc_t> t;
-    pixel_taps(p, mv, n, y, x, t);
+    pixel_taps(p, mv, n, px.y, px.x, t);
     for (int64_t c = cr.begin; c < cr.end; ++c) {
       const T* plane = feat + (n * p.C + c) * HW;
       acc_t s = acc_t(0);
@@ -66,21 +80,20 @@ __global__ void __launch_bounds__(kThreads)
         if (k < ntaps) s += tap_product(t.w[k], to_acc(plane[t.idx[k]]));
       out[(n * p.C + c) * HW + rem] = from_acc<T>(s);
     }
-  }
+  });
 }
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_feature_kernel(MvWarpParams p, const T* __restrict__ grad_out, const T* __restrict__ mv,
                             acc_t* __restrict__ grad_feat, int64_t chunk) {
-  const int64_t HW = p.H * p.W, P = p.N * HW;
+  const int64_t HW = p.H * p.W;
   const int ntaps = taps_used(p.mode);
   const ChannelRange cr = channel_range(p.C, chunk);
-  for (int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; pix < P;
-       pix += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = pix / HW, rem = pix - n * HW, y = rem / p.W, x = rem - y * p.W;
+  for_each_pixel(p, [&](const Pixel& px) {
+    const int64_t n = px.n, rem = px.rem;
     Taps<acc_t> t;
-    pixel_taps(p, mv, n, y, x, t);
+    pixel_taps(p, mv, n, px.y, px.x, t);
     for (int64_t c = cr.begin; c < cr.end; ++c) {
       const acc_t g = to_acc(grad_out[(n * p.C + c) * HW + rem]);
       acc_t* plane = grad_feat + (n * p.C + c) * HW;
@@ -88,15 +101,13 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = 0; k < 4; ++k)
         if (k < ntaps && t.w[k] != acc_t(0)) atomicAdd(plane + t.idx[k], t.w[k] * g);
     }
-  }
+  });
 }
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) convert_kernel(const acc_t* __restrict__ src, T* __restrict__ dst,
                                                            int64_t count) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    dst[i] = from_acc<T>(src[i]);
+  grid_stride_loop(count, [&](int64_t i) { dst[i] = from_acc<T>(src[i]); });
 }
 
 // Per pixel: sum over channels of grad * d sample / d xs (and d ys), into ws[pix] and ws[P + pix].
@@ -105,11 +116,10 @@ __global__ void __launch_bounds__(kThreads)
     pixel_mv_grad_kernel(MvWarpParams p, const T* __restrict__ grad_out, const T* __restrict__ feat,
                          const T* __restrict__ mv, acc_t* __restrict__ ws) {
   const int64_t HW = p.H * p.W, P = p.N * HW;
-  for (int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; pix < P;
-       pix += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = pix / HW, rem = pix - n * HW, y = rem / p.W, x = rem - y * p.W;
+  for_each_pixel(p, [&](const Pixel& px) {
+    const int64_t n = px.n, rem = px.rem;
     Taps<acc_t> t;
-    pixel_taps(p, mv, n, y, x, t);
+    pixel_taps(p, mv, n, px.y, px.x, t);
     acc_t gx = acc_t(0), gy = acc_t(0);
     for (int64_t c = 0; c < p.C; ++c) {
       const T* plane = feat + (n * p.C + c) * HW;
@@ -124,9 +134,9 @@ __global__ void __launch_bounds__(kThreads)
       gx += g * sx;
       gy += g * sy;
     }
-    ws[pix] = gx;
-    ws[P + pix] = gy;
-  }
+    ws[px.flat] = gx;
+    ws[P + px.flat] = gy;
+  });
 }
 
 // One CTA per motion block (n, by, bx): fixed-order strided sums, then a fixed shared-memory tree.
