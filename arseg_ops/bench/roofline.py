@@ -7,7 +7,7 @@ import math
 from .._opinfo import local_attn_traffic, mv_warp_traffic
 from .cases import DTYPES
 
-PEAK_BANDWIDTH = 3.0e12  # bytes/s: H100 device-to-device copy bandwidth (shared/design/overview.md)
+PEAK_BANDWIDTH = 3.0e12  # bytes/s: about what an H100 (HBM3) reaches in a device-to-device copy
 
 
 def min_traffic_bytes(case):
