@@ -47,6 +47,7 @@ def build_info():
         "torch_runtime_version": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "experimental_kernels": _current_experimental_kernels(module),
+        "debug": bool(module.debug),
     }
 
 

@@ -8,7 +8,8 @@ from arseg_ops import _loader
 
 def test_build_info():
     info = arseg_ops.build_info()
-    assert set(info) >= {"backends", "cuda", "cuda_archs", "cuda_version", "torch_version"}
+    assert set(info) >= {"backends", "cuda", "cuda_archs", "cuda_version", "torch_version", "debug",
+                         "experimental_kernels"}
     assert "cpu" in info["backends"]
     assert info["torch_version"] == torch.__version__
     assert info["cuda"] == ("cuda" in info["backends"])
