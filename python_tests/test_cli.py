@@ -182,12 +182,13 @@ def test_segment_argument_and_file_errors(clip, tmp_path, capsys):
     assert _usage_error(["segment", clip, "-o", out_path, "--hr-weights", clip], capsys)[0] == 2
     assert _usage_error(["segment", clip, "-o", out_path, "--hr-weights", "nope.pth", "--lr-weights",
                          "nope.pth"], capsys)[0] == 2
+    # the input is checked before the model is built: the error is the only message, no RANDOM-weights banner
     code, _, err = _run(["segment", str(tmp_path / "missing.mp4"), "-o", out_path], capsys)
-    assert code == 1 and "not found" in err
+    assert code == 1 and "not found" in err and "RANDOM" not in err
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all" * 10)
     code, _, err = _run(["segment", str(junk), "-o", out_path], capsys)
-    assert code == 1 and "junk.mp4" in err
+    assert code == 1 and "junk.mp4" in err and "RANDOM" not in err
     bad_weights = tmp_path / "bad.pth"
     bad_weights.write_text("not a checkpoint")
     code, _, err = _run(["segment", clip, "-o", out_path, "--hr-weights", str(bad_weights), "--lr-weights",

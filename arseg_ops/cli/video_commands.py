@@ -50,16 +50,26 @@ def segment(args, parser):
     if (args.hr_weights is None) != (args.lr_weights is None):
         parser.error("--hr-weights and --lr-weights go together: give both or neither")
     device = common.resolve_device(args.device, parser)
-    seg = models.ARSeg(args.backbone, num_classes=args.num_classes, scale=args.scale)
-    if args.hr_weights:
-        seg.load_official(_load_state_dict(args.hr_weights), _load_state_dict(args.lr_weights))
-    else:
-        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-    seg = seg.to(device).eval()
+    # Every input is opened and checked before the model is built and the RANDOM-weights banner is printed,
+    # so a missing or unreadable file is the only message the user sees.
+    with video.open(args.video) as clip:
+        weights = None
+        if args.hr_weights:
+            weights = _load_state_dict(args.hr_weights), _load_state_dict(args.lr_weights)
+        seg = models.ARSeg(args.backbone, num_classes=args.num_classes, scale=args.scale)
+        if weights:
+            seg.load_official(*weights)
+        else:
+            print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
+        seg = seg.to(device).eval()
+        return _segment_clip(args, clip, seg, device)
+
+
+def _segment_clip(args, clip, seg, device):
     colours = palette(args.num_classes)
     stats = {"frames": 0, "keyframes": 0, "decode_s": 0.0, "segment_s": 0.0}
     started = time.perf_counter()
-    with video.open(args.video) as clip, common.progress_bar(clip.frame_count, "segment", args.quiet) as bar:
+    with common.progress_bar(clip.frame_count, "segment", args.quiet) as bar:
         size = (clip.height, clip.width)
         pending = []  # the frame whose class map seg.segment yields next
 
@@ -91,7 +101,7 @@ def segment(args, parser):
                 bar.update(1)
                 yield even(rgb)
 
-        video.encode(rendered(), args.output, gop=12, fps=clip.fps)
+        _video().encode(rendered(), args.output, gop=12, fps=clip.fps)
     total_s = time.perf_counter() - started
     n, k = stats["frames"], stats["keyframes"]
     hr, lr, _ = hr_lr_ar(args.backbone, size, args.scale, 12, args.num_classes)
