@@ -38,6 +38,16 @@ def _transcode_hint(path):
             "(fixed GOP, no B-frames, one reference frame)")
 
 
+def _open_input(path):
+    """av.open for reading, with FFmpeg's errors as ValueErrors that name the file (not "[Errno 1094995529]")."""
+    try:
+        return av.open(str(path))
+    except av.error.InvalidDataError as e:
+        raise ValueError(f"{str(path)!r}: not a video file (FFmpeg: invalid data)") from e
+    except av.error.FFmpegError as e:
+        raise ValueError(f"cannot read {str(path)!r} as a video: {getattr(e, 'strerror', None) or e}") from e
+
+
 @dataclass
 class Frame:
     """One decoded frame. `mv` points into the previous frame, `mv_to_key` into frame `key_index`."""
@@ -66,10 +76,7 @@ class Clip:
         self.block_size = block_size
         self.fill_intra = bool(fill_intra)
         self.strict = bool(strict)
-        try:
-            self._container = av.open(str(self.path))
-        except av.error.FFmpegError as e:
-            raise ValueError(f"cannot read {str(self.path)!r} as a video: {e}") from e
+        self._container = _open_input(self.path)
         try:
             self._setup_stream()
         except Exception:
@@ -249,10 +256,7 @@ def encode(frames_or_path, dst, *, gop=12, crf=23, bitrate=None, preset="medium"
             src_path = Path(os.fspath(frames_or_path))
             if not src_path.exists():
                 raise FileNotFoundError(f"video file not found: {str(src_path)!r}")
-            try:
-                src = stack.enter_context(av.open(str(src_path)))
-            except av.error.FFmpegError as e:
-                raise ValueError(f"cannot read {str(src_path)!r} as a video: {e}") from e
+            src = stack.enter_context(_open_input(src_path))
             if not src.streams.video:
                 raise ValueError(f"{str(src_path)!r} has no video stream")
             in_stream = src.streams.video[0]

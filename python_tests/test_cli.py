@@ -189,6 +189,7 @@ def test_segment_argument_and_file_errors(clip, tmp_path, capsys):
     junk.write_bytes(b"not a video at all" * 10)
     code, _, err = _run(["segment", str(junk), "-o", out_path], capsys)
     assert code == 1 and "junk.mp4" in err and "RANDOM" not in err
+    assert "not a video file (FFmpeg: invalid data)" in err and "Errno" not in err
     bad_weights = tmp_path / "bad.pth"
     bad_weights.write_text("not a checkpoint")
     code, _, err = _run(["segment", clip, "-o", out_path, "--hr-weights", str(bad_weights), "--lr-weights",

@@ -307,8 +307,11 @@ def test_missing_and_non_video_files(tmp_path, clip_path):
         video.open(tmp_path / "nope.mp4")
     text = tmp_path / "notes.mp4"
     text.write_text("this is not a video\n" * 50)
-    with pytest.raises(ValueError, match="notes.mp4"):
+    with pytest.raises(ValueError, match=r"notes\.mp4'?: not a video file \(FFmpeg: invalid data\)$"):
         video.open(text)
+    with pytest.raises(ValueError, match=r"notes\.mp4'?: not a video file") as raised:
+        video.encode(text, tmp_path / "out.mp4")
+    assert "Errno" not in str(raised.value)
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(clip_path.read_bytes()[:2000])
     with pytest.raises(ValueError, match="truncated.mp4"):
