@@ -76,14 +76,15 @@ class Clip:
         self.block_size = block_size
         self.fill_intra = bool(fill_intra)
         self.strict = bool(strict)
+        self._warned = set()
+        self._iterated = False
         self._container = _open_input(self.path)
         try:
             self._setup_stream()
+            self._check_header()
         except Exception:
             self._container.close()
             raise
-        self._warned = set()
-        self._iterated = False
 
     def _setup_stream(self):
         if not self._container.streams.video:
@@ -107,20 +108,38 @@ class Clip:
 
     # ---- stream checks ----
 
-    def _warn_once(self, cause, message, stacklevel=3):
+    def _warn_once(self, cause, message, stacklevel):
         if self.strict:
             raise ValueError(f"{str(self.path)!r}: {message} (strict=True)")
         if cause not in self._warned:
             self._warned.add(cause)
-            # default stacklevel: _warn_once <- _frames (a generator) <- the caller's loop
             warnings.warn(f"{str(self.path)!r}: {message}", RuntimeWarning, stacklevel=stacklevel)
 
-    def _check_references(self, sps):
+    # stacklevel: _warn_once <- the check <- _frames (a generator) <- the caller's loop, or
+    # _warn_once <- the check <- _check_header <- Clip.__init__ <- open <- the caller of open
+    _IN_LOOP, _AT_OPEN = 4, 6
+
+    def _check_header(self):
+        """Check what the container's header already says, so strict=True fails at open. Streams that carry their
+        SPS in-band only (raw Annex B without extradata) are checked again at the first keyframe (_frames)."""
+        self._check_references(self._sps, self._AT_OPEN)
+        # has_b_frames is the decoder's reordering delay: from the SPS (VUI max_num_reorder_frames) or from the
+        # reordering FFmpeg saw while probing. Frames shown out of decoding order break the chain to the
+        # previous frame just as B-frames do; B-frames seen later are caught per frame.
+        if self._stream.codec_context.has_b_frames:
+            self._warn_b_frames(self._AT_OPEN)
+
+    def _check_references(self, sps, stacklevel):
         if sps is not None and sps.max_num_ref_frames > 1:
             self._warn_once("refs", (
                 f"H.264 stream allows {sps.max_num_ref_frames} reference frames (SPS max_num_ref_frames); motion "
                 "vectors may point past the previous frame, so motion accumulated to the keyframe is "
-                f"unreliable; {_transcode_hint(self.path)}"), stacklevel=4)
+                f"unreliable; {_transcode_hint(self.path)}"), stacklevel)
+
+    def _warn_b_frames(self, stacklevel):
+        self._warn_once("bframes", (
+            "H.264 stream has B-frames: their vectors may point to frames other than the previous one, so motion "
+            f"accumulated to the keyframe is unreliable; {_transcode_hint(self.path)}"), stacklevel)
 
     # ---- iteration ----
 
@@ -161,17 +180,14 @@ class Clip:
                         self._skipped_before_key += 1
                         continue
                     if key_index is None:
-                        self._check_references(self._sps)
+                        self._check_references(self._sps, self._IN_LOOP)
                     if self._skipped_before_key and key_index is None:
                         warnings.warn(
                             f"{str(self.path)!r} does not start with a keyframe: skipped "
                             f"{self._skipped_before_key} packet(s)/frame(s) before the first one",
                             RuntimeWarning, stacklevel=2)
                     if pict == "B":
-                        self._warn_once("bframes", (
-                            "H.264 stream has B-frames: their vectors may point to frames other than the "
-                            f"previous one, so motion accumulated to the keyframe is unreliable; "
-                            f"{_transcode_hint(self.path)}"))
+                        self._warn_b_frames(self._IN_LOOP)
                     # threads=1: swscale would otherwise start a thread per core for every frame
                     image = torch.from_numpy(av_frame.to_ndarray(format="rgb24", threads=1))
                     if is_key:
@@ -219,7 +235,9 @@ def open(path, *, block_size=4, fill_intra=True, strict=False):  # noqa: A001 (m
 
     block_size: cell size of the motion grid in pixels. fill_intra: fill intra-coded cells (no vector) from
     their neighbours instead of leaving them 0. strict: raise ValueError instead of warning when the stream has
-    B-frames or several reference frames (motion to the keyframe would be unreliable).
+    B-frames or several reference frames (motion to the keyframe would be unreliable): here, when the container
+    header says so (SPS max_num_ref_frames, the decoder's frame reordering), otherwise at the first frame that
+    shows it (an SPS sent in-band only, B-frames the header did not announce).
     Raises FileNotFoundError for a missing file and ValueError for data that is not (H.264) video.
     """
     return Clip(path, block_size=block_size, fill_intra=fill_intra, strict=strict)

@@ -214,6 +214,22 @@ def test_motion_png_shows_the_pan_direction(clip, tmp_path, capsys):
     assert g > r + 60 and b > r + 60
 
 
+def test_motion_b_frame_warning_is_one_plain_line(tmp_path, capsys):
+    path = str(tmp_path / "b.mp4")
+    with av.open(path, "w") as container:  # video.encode refuses to make B-frames
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"x264-params": "keyint=8:bframes=2:b-pyramid=none:ref=1"}
+        for frame in _pan_frames():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    code, _, err = _run(["motion", path, "-o", str(tmp_path / "m.png")], capsys)
+    assert code == 0
+    (line,) = [line for line in err.splitlines() if "has B-frames" in line]
+    assert line.startswith("arseg motion: warning: ") and "b.mp4" in line
+    assert ".py" not in err and "RuntimeWarning" not in err and "for frame in" not in err
+
+
 def test_motion_png_keyframe_is_white(clip, tmp_path, capsys):
     out_path = str(tmp_path / "key.png")
     assert _run(["motion", clip, "-o", out_path, "--frame", "0", "--max-motion", "4"], capsys)[0] == 0

@@ -341,14 +341,35 @@ def test_unreliable_streams_warn_once_or_raise(tmp_path, frames, params, cause):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with video.open(path) as clip:
+            # the container header (SPS, decoder reordering delay) already tells: warned at open
+            assert [w for w in caught if cause in str(w.message)]
             frs = list(clip)
     assert len(frs) == 12
     ours = [w for w in caught if issubclass(w.category, RuntimeWarning) and cause in str(w.message)]
     assert len(ours) == 1 and "video.encode" in str(ours[0].message)
-    # x264 with B-frames also uses 2 reference frames, so strict mode may stop at either cause first
+    assert ours[0].filename == __file__  # attributed to the caller of video.open, not library code
+    # strict mode raises at open, before any frame is decoded; x264 with B-frames also uses 2 reference
+    # frames, so it may stop at either cause first
     with pytest.raises(ValueError, match="unreliable.*strict=True"):
-        with video.open(path, strict=True) as clip:
-            list(clip)
+        video.open(path, strict=True)
+
+
+def test_strict_falls_back_to_the_in_band_sps(tmp_path, frames, monkeypatch):
+    """A stream whose SPS is not in the container header (raw Annex B without extradata) is checked at its first
+    keyframe: simulated by hiding the header's SPS from the open-time check."""
+    path = write_clip(tmp_path / "refs.h264", frames[:4], "libx264", {"x264-params": "bframes=0:ref=3"})
+    parse = _h264.sps_from_extradata
+    calls = []
+
+    def header_hidden(data):
+        calls.append(data)
+        return None if len(calls) == 1 else parse(data)
+
+    monkeypatch.setattr(_h264, "sps_from_extradata", header_hidden)
+    clip = video.open(path, strict=True)  # nothing known at open
+    with clip, pytest.raises(ValueError, match="3 reference frames.*strict=True"):
+        next(iter(clip))
+    assert len(calls) == 2
 
 
 def test_stream_not_starting_with_keyframe(tmp_path, clip_path):
