@@ -210,7 +210,10 @@ def test_motion_png_shows_the_pan_direction(clip, tmp_path, capsys):
         last_of_gop = [f for f in frames][GOP - 1]
     assert np.array_equal(image[:, :W], last_of_gop.image.numpy())
     # content moved right, so the motion to the keyframe points left: hue 180 degrees, cyan
-    r, g, b = np.median(image[8:-8, W + 8:-8].reshape(-1, 3), axis=0)
+    away = np.ones((H, W), bool)
+    away[_legend_box(float(out.split("full colour at ")[1].split(" px")[0]))[0]] = False
+    away[:8], away[-8:], away[:, :8], away[:, -8:] = False, False, False, False
+    r, g, b = np.median(image[:, W:][away], axis=0)
     assert g > r + 60 and b > r + 60
 
 
@@ -230,11 +233,54 @@ def test_motion_b_frame_warning_is_one_plain_line(tmp_path, capsys):
     assert ".py" not in err and "RuntimeWarning" not in err and "for frame in" not in err
 
 
-def test_motion_png_keyframe_is_white(clip, tmp_path, capsys):
+def _legend_box(max_motion):
+    """Where the motion command draws its legend on an H x W motion panel, and the legend itself."""
+    panel = np.zeros((H, W, 3), np.uint8)
+    top, left = images.draw_motion_legend(panel, max_motion)
+    bottom, right = np.argwhere(panel.any(axis=2)).max(axis=0) + 1  # the tile has no black pixel
+    return (slice(top, bottom), slice(left, right)), panel[top:bottom, left:right]
+
+
+def test_motion_png_keyframe_is_white_with_the_legend(clip, tmp_path, capsys):
     out_path = str(tmp_path / "key.png")
     assert _run(["motion", clip, "-o", out_path, "--frame", "0", "--max-motion", "4"], capsys)[0] == 0
     (image,) = _decode(out_path)
-    assert (image[:, W:] == 255).all()
+    panel = image[:, W:].copy()
+    box, legend = _legend_box(4.0)
+    assert np.array_equal(panel[box], legend)  # PNG is lossless: the legend exactly as drawn
+    panel[box] = 255
+    assert (panel == 255).all()
+
+
+def test_motion_legend_disc_is_the_colour_key():
+    diameter = 41
+    tile = images.motion_legend(12.345, diameter)
+    radius = diameter / 2
+    cy, cx = images.LEGEND_PAD + radius, tile.shape[1] / 2
+    for degrees in range(0, 360, 30):  # image axes: x right, y down, as motion_colours reads (dx, dy)
+        theta = np.radians(degrees)
+        for rho, saturated in ((radius - 1, True), (radius / 2, False)):
+            y, x = int(cy + rho * np.sin(theta)), int(cx + rho * np.cos(theta))
+            hue, sat, val = colorsys.rgb_to_hsv(*(tile[y, x] / 255.0))
+            assert abs((hue - degrees / 360 + 0.5) % 1.0 - 0.5) < 0.03, (degrees, tile[y, x])
+            assert val > 0.99 and (sat > 0.95 if saturated else 0.3 < sat < 0.7), (degrees, rho, tile[y, x])
+    assert (tile[int(cy), int(cx)] == 255).all()  # still: white
+    assert tuple(tile[images.LEGEND_PAD, 0]) == images.LEGEND_BACKGROUND  # outside the disc
+    # the label below the disc: exactly the bitmap text of the full-colour pixels
+    label = images.text_mask("12.3 px")
+    top = diameter + 2 * images.LEGEND_PAD
+    left = (tile.shape[1] - label.shape[1]) // 2
+    area = tile[top : top + label.shape[0], left : left + label.shape[1]]
+    assert label.sum() > 20 and np.array_equal((area == images.LEGEND_TEXT).all(axis=2), label)
+
+
+def test_legend_text_and_label():
+    assert images.legend_label(12.345) == "12.3 px" and images.legend_label(0.75) == "0.75 px"
+    one = images.text_mask("1")
+    assert one.shape == (5, 3) and one[:, 1].all()  # the stem of the 1
+    assert images.text_mask("1", scale=2).shape == (10, 6)
+    with pytest.raises(ValueError, match="'q'"):
+        images.text_mask("q")
 
 
 def test_motion_video_decodes(clip, tmp_path, capsys):

@@ -13,7 +13,7 @@ from .. import models
 from . import common
 from .common import CliError
 from .flops_command import hr_lr_ar
-from .images import even, motion_colours, palette, write_png
+from .images import draw_motion_legend, even, motion_colours, palette, write_png
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 
@@ -122,13 +122,15 @@ def _segment_clip(args, clip, seg, device):
 
 
 def _motion_image(frame, max_motion):
-    """The frame and its motion to the keyframe, side by side (motion cells drawn at their pixels)."""
+    """The frame and its motion to the keyframe, side by side (motion cells drawn at their pixels), with the
+    colour-wheel legend in the motion panel's bottom-right corner."""
     image = frame.image.numpy()
     h, w = image.shape[:2]
     cells = motion_colours(frame.mv_to_key.numpy(), max_motion)
     hb, wb = cells.shape[:2]
     # the block lookup of mv_warp: pixel (y, x) uses cell (floor(y*Hb/H), floor(x*Wb/W))
     pixels = cells[(np.arange(h) * hb // h)[:, None], (np.arange(w) * wb // w)[None, :]]
+    draw_motion_legend(pixels, max_motion)
     return np.concatenate([image, pixels], axis=1)
 
 
@@ -197,7 +199,8 @@ def register(sub):
     p = sub.add_parser("motion", parents=[common.quiet_options("progress bar")],
                        help="visualize the codec's motion to the keyframe (HSV colour wheel)",
                        description="Show each frame next to its motion accumulated to the keyframe: hue = "
-                                   "direction, saturation = speed (white = still).")
+                                   "direction, saturation = speed (white = still). A legend in the corner shows "
+                                   "the colour wheel and the pixels of motion drawn at full colour.")
     p.add_argument("video", help="input H.264 video")
     p.add_argument("-o", "--output", required=True, help="a .png (one frame) or a video (.mp4, .mkv, .mov, .avi)")
     p.add_argument("--frame", type=int, help="PNG only: frame index (default: the last frame of the first GOP)")
