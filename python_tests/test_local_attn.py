@@ -88,6 +88,34 @@ def test_scale(device):
                                    reference.local_attn(q, k, v, 5, scale=0.0, padding=padding))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_peaked_attention_matches_reference(device, poison, dtype):
+    """key ~ query with a large scale: all but the own position's weight underflow (below the smallest normal
+    number), the case the CPU kernels flush to exactly 0 instead of computing slowly with denormals."""
+    q, _, v = _inputs((1, 16, 6, 9, 10, 7), device, dtype)
+    k = q + 0.05 * torch.randn_like(q)
+    scale = 8.0 if dtype == torch.float32 else 60.0  # logit gaps of ~100 (float) / ~900 (double)
+    grad_out = torch.randn_like(v)
+    results = []
+    for fn in (arseg_ops.local_attn, reference.local_attn):
+        a = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*a, 7, scale=scale)
+        results.append((out,) + torch.autograd.grad(out, a, grad_out))
+    for got, expected in zip(*results):
+        assert torch.isfinite(got).all()
+        testing.assert_close(got, expected)
+
+
+def test_denormal_flushing_stays_inside_the_kernel():
+    """The CPU kernels flush denormals to zero in their worker threads only: the caller's thread (which also
+    runs a share of the work) gets its floating-point mode back."""
+    q = torch.randn(1, 16, 12, 12)
+    arseg_ops.local_attn(q, q, torch.randn(1, 4, 12, 12), 7, scale=8.0).sum()
+    tiny = torch.full((64,), 1e-40)  # float32 denormals
+    assert (tiny * 2).ne(0).all()
+    assert ((tiny * 2) / tiny).eq(2).all()
+
+
 def test_non_contiguous_inputs(device):
     q, k, v = _inputs((2, 6, 5, 9, 10, 3), device, torch.float32)
     expected = reference.local_attn(q, k, v, 3)

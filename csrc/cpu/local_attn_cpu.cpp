@@ -8,6 +8,9 @@
 // * scale, two (N, H, k*k, W) accumulators = O(N*H*W*k*k); pass 2 (per key row) gathers
 // dK[j] = sum_i dS_ij q_i and dV[j] = sum_i P_ij dout_i over the query pixels i that see key j.
 // This is deterministic and needs no atomics or per-thread copies of dK/dV.
+//
+// Every parallel region runs with denormals flushed to zero (cpu_fp.h): a peaked softmax underflows into
+// denormals, which made these kernels 5-16x slower on x86.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "../op_common.h"
+#include "cpu_fp.h"
 #include "local_attn_rows.h"
 
 namespace arseg {
@@ -27,7 +31,7 @@ template <typename scalar_t>
 void forward_kernel(const LocalAttnParams& p, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                     scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for_ftz(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> P(p.window() * p.W), mx(p.W), sm(p.W), acc(p.W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.H, y = row % p.H;
@@ -53,7 +57,7 @@ void backward_kernel(const LocalAttnParams& p, const scalar_t* dout, const scala
   const int64_t row_len = p.window() * p.W;  // one (k*k, W) slab of P or dS per row
 
   // Pass 1, per query row: P, dP_j = <dout, v_j>, delta = sum_j P_j dP_j, dS_j = P_j (dP_j - delta) scale, dq.
-  at::parallel_for(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for_ftz(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> dP(row_len), mx(p.W), sm(p.W), acc(p.W);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / p.H, y = row % p.H;
@@ -76,7 +80,7 @@ void backward_kernel(const LocalAttnParams& p, const scalar_t* dout, const scala
 
   // Pass 2, per key row: dk gathers dS * q, dv gathers P * dout over the query pixels that see the key.
   auto gather = [&](const acc_t* weights_all, const scalar_t* src, int64_t channels, scalar_t* dst) {
-    at::parallel_for(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for_ftz(0, p.N * p.H, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(p.W);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / p.H, y = row % p.H;

@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "../op_params.h"
+#include "cpu_fp.h"
 
 namespace arseg {
 namespace cpu {
@@ -90,7 +91,7 @@ void row_softmax(const LocalAttnParams& p, Rows<const scalar_t> q, Rows<const sc
   for (int j = 0; j < KK; ++j) {
     acc_t* L = P + j * W;
     for (int64_t x = 0; x < W; ++x) {
-      L[x] = exp_(L[x] - row_max[x]);
+      L[x] = exp_or_zero(L[x] - row_max[x]);  // a peaked window's tail is 0, not a (slow) denormal
       row_sum[x] += L[x];
     }
   }
