@@ -103,3 +103,6 @@ torch.library.register_autograd("arseg_ops::mv_warp", _mv_warp_backward, setup_c
 torch.library.register_autograd(
     "arseg_ops::local_attn", _local_attn_backward, setup_context=_local_attn_setup_context
 )
+
+# Second order: autograd of the backward ops (differentiates the reference's first-order gradient).
+from . import _double_backward  # noqa: E402,F401  (registers on import)
