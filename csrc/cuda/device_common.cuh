@@ -31,6 +31,13 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// x + s * d without contracting into an FMA, so a warp's sample coordinate is bit-identical to the CPU kernel's
+// (mv_warp and the fused creff gather use it).
+__device__ __forceinline__ float sample_coord(float x, float s, float d) { return __fadd_rn(x, __fmul_rn(s, d)); }
+__device__ __forceinline__ double sample_coord(double x, double s, double d) {
+  return __dadd_rn(x, __dmul_rn(s, d));
+}
+
 // Largest grid dimensions a launch may use (x: 2^31 - 1; y, z: 65535). Kernels loop over what does not fit.
 constexpr int64_t kMaxGridX = 2147483647;
 constexpr int64_t kMaxGridYZ = 65535;

@@ -22,17 +22,13 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kChannelsPerThread = 16;
 
-// x + s * d without contracting into an FMA, so the sample coordinate is bit-identical to the CPU kernel's.
-__device__ __forceinline__ float coord(float x, float s, float d) { return __fadd_rn(x, __fmul_rn(s, d)); }
-__device__ __forceinline__ double coord(double x, double s, double d) { return __dadd_rn(x, __dmul_rn(s, d)); }
-
 template <typename T, typename acc_t>
 __device__ __forceinline__ void pixel_taps(const MvWarpParams& p, const T* __restrict__ mv, int64_t n, int64_t y,
                                            int64_t x, Taps<acc_t>& t) {
   const int64_t by = block_of(y, p.H, p.Hb), bx = block_of(x, p.W, p.Wb);
   const T* m = mv + (n * 2 * p.Hb + by) * p.Wb + bx;  // channel 0 (dx); dy is one block plane further
-  const acc_t xs = coord(static_cast<acc_t>(x), static_cast<acc_t>(p.scale_x), to_acc(m[0]));
-  const acc_t ys = coord(static_cast<acc_t>(y), static_cast<acc_t>(p.scale_y), to_acc(m[p.Hb * p.Wb]));
+  const acc_t xs = sample_coord(static_cast<acc_t>(x), static_cast<acc_t>(p.scale_x), to_acc(m[0]));
+  const acc_t ys = sample_coord(static_cast<acc_t>(y), static_cast<acc_t>(p.scale_y), to_acc(m[p.Hb * p.Wb]));
   sample_taps(xs, ys, p.H, p.W, p.mode, p.padding, t);
 }
 

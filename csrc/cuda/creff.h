@@ -1,0 +1,31 @@
+// Torch-free interface of the fused CReFF CUDA kernel (creff_forward.cu); glue in creff_cuda.cpp.
+//
+// Experimental: no GPU has run it yet, so the glue launches it only when arseg::experimental_kernel("creff")
+// (ARSEG_EXPERIMENTAL_KERNELS=creff); the default CUDA path is the composition of the verified ops.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "../creff_math.h"
+
+namespace arseg {
+namespace cuda {
+
+// Whether the fused kernel handles these sizes: kernel_size 1, 3, 5 or 7 (the sizes whose window of logits
+// fits in registers; other sizes run the unfused composition), and one H x W plane indexable in 32 bits.
+inline bool creff_fused_supported(const CreffParams& p) {
+  const bool small_kernel = p.kernel_size == 1 || p.kernel_size == 3 || p.kernel_size == 5 || p.kernel_size == 7;
+  return small_kernel && p.h >= 1 && p.w >= 1 && p.h <= p.H && p.w <= p.W && p.H * p.W <= INT32_MAX;
+}
+
+// out (N, C, H, W) = lr + local_attn(q, k, v) of the CReFF chain (creff_math.h), all tensors contiguous NCHW:
+// key_feature (N, C, H, W), mv (N, 2, Hb, Wb), lr_feature (N, C, h, w), weight (3, C, 1, 3, 3), bias (3, C).
+// Returns cudaErrorInvalidValue (launching nothing) when !creff_fused_supported(p).
+template <typename T>
+cudaError_t creff_forward(const CreffParams& p, const T* key_feature, const T* mv, const T* lr_feature,
+                          const T* weight, const T* bias, T* out, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace arseg
