@@ -212,7 +212,4 @@ def main(argv=None, prog=None):
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)
-    sub_parser = sub.choices[args.command]
-    if args.command == "manifest":
-        sub_parser = sub_parser._subparsers._group_actions[0].choices[args.layout]
-    return args.func(args, sub_parser)
+    return args.func(args, sub.choices[args.command])

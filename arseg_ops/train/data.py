@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import av
@@ -30,13 +31,16 @@ CACHE_VERSION = 1
 class ClipCache:
     """On-disk cache of (re-encoded clip, chained motion) per labelled frame. length = L (GOP length)."""
 
-    def __init__(self, cache_dir, *, length=12, block_size=4, crf=18, preset="veryfast"):
+    def __init__(self, cache_dir, *, length=12, block_size=4, crf=18, preset="veryfast", memory_mb=1024):
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive int, got {length!r}")
         self.dir = Path(os.fspath(cache_dir))
         self.settings = {"length": length, "block_size": int(block_size), "crf": int(crf), "preset": str(preset),
                          "version": CACHE_VERSION}
         self.length, self.block_size = length, int(block_size)
+        # Decoded entries kept in memory (least recently used dropped first) up to memory_mb: a small dataset
+        # is then decoded once per process instead of once per sample.
+        self._memory, self._memory_budget, self._memory_used = OrderedDict(), int(memory_mb) << 20, 0
 
     def _key(self, video_path, frame):
         path = Path(video_path)
@@ -62,11 +66,22 @@ class ClipCache:
     def load(self, video_path, frame):
         """(frames uint8 (n, H, W, 3) for t-n+1 .. t, motion float (n, 2, Hb, Wb) with motion[d] = t -> t-d)."""
         entry = self.entry_dir(video_path, frame)
+        if entry in self._memory:
+            self._memory.move_to_end(entry)
+            return self._memory[entry]
         if not (entry / "motion.pt").is_file():
             self._build(video_path, [frame])
         motion = torch.load(entry / "motion.pt", weights_only=True)
-        with video.open(entry / "clip.mp4", block_size=self.block_size) as clip:
-            frames = torch.stack([fr.image for fr in clip])
+        with av.open(str(entry / "clip.mp4")) as container:  # frames only: the motion is already in motion.pt
+            frames = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24"))
+                                  for f in container.decode(video=0)])
+        size = frames.numel() + motion.numel() * 4
+        if size <= self._memory_budget:
+            self._memory[entry] = (frames, motion)
+            self._memory_used += size
+            while self._memory_used > self._memory_budget:
+                old_frames, old_motion = self._memory.popitem(last=False)[1]
+                self._memory_used -= old_frames.numel() + old_motion.numel() * 4
         return frames, motion
 
     def _build(self, video_path, frames):

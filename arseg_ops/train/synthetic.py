@@ -64,7 +64,7 @@ def _world(rng, h, w):
 def render_sequence(rng, size=(96, 128), frames=40):
     """Yield (image uint8 (H, W, 3), label uint8 (H, W)) for one sequence."""
     h, w = size
-    pan = int(rng.choice([-3, -2, -1, 1, 2, 3]))
+    pan = int(rng.choice([-2, -1, 1, 2]))
     world_w = w + abs(pan) * frames + 2
     world, world_label = _world(rng, h, world_w)
     cars = []
@@ -73,7 +73,7 @@ def render_sequence(rng, size=(96, 128), frames=40):
         y = int(rng.integers(int(h * 0.6), h - ch))
         body = _texture(rng, ch, cw, rng.uniform(40, 220, 3), 30)
         body[ch // 4:ch // 2, cw // 6:cw - cw // 6] *= 0.45  # windows
-        cars.append({"y": y, "x": float(rng.uniform(-cw, w)), "v": float(rng.choice([-1, 1]) * rng.uniform(1, 4)),
+        cars.append({"y": y, "x": float(rng.uniform(-cw, w)), "v": float(rng.choice([-1, 1]) * rng.uniform(1, 3)),
                      "body": body})
     noise_rng = np.random.default_rng(int(rng.integers(1 << 31)))
     for t in range(frames):
