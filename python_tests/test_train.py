@@ -183,6 +183,8 @@ def test_miou_against_hand_computed_confusion_matrix():
     torch.testing.assert_close(iou[:3], torch.tensor([1 / 3, 1 / 2, 1 / 3], dtype=torch.float64))
     assert torch.isnan(iou[3])
     assert metrics.mean_iou(cm) == pytest.approx((1 / 3 + 1 / 2 + 1 / 3) / 3)
+    pred[0, 0] = 3  # a class never in the target: lowers class 0's IoU, is not averaged itself
+    assert metrics.mean_iou(metrics.confusion_matrix(pred, target, 4)) == pytest.approx((0 + 1 / 2 + 1 / 3) / 3)
     with pytest.raises(ValueError, match="outside 0..3"):
         metrics.confusion_matrix(pred, torch.full_like(target, 7), 4)
 

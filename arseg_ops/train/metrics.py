@@ -31,7 +31,9 @@ def iou_per_class(cm):
 
 
 def mean_iou(cm):
-    """Mean IoU over the classes that occur (target or prediction), as a float in [0, 1]."""
+    """Mean IoU over the classes that occur in the target, as a float in [0, 1]. A class only ever predicted
+    (e.g. the void output of a 12-class CamVid network) still lowers the IoU of the classes it was confused
+    with, but is not averaged in."""
     iou = iou_per_class(cm)
-    present = ~torch.isnan(iou)
+    present = torch.as_tensor(cm).sum(1) > 0
     return float(iou[present].mean()) if present.any() else float("nan")
