@@ -28,7 +28,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", help="work folder (default: a new temporary one)")
     p.add_argument("--backbone", default="tiny", choices=("tiny", "psp18", "bisenet18"))
-    p.add_argument("--size", default="64x96")
+    p.add_argument("--size", default="48x64")
     p.add_argument("--sequences", type=int, default=7)
     p.add_argument("--val-sequences", type=int, default=2)
     p.add_argument("--frames", type=int, default=40)

@@ -66,12 +66,16 @@ def test_two_steps_checkpoint_and_resume(dataset, tmp_path):
     assert nets.load_checkpoint(str(checkpoint))["step"] == 3
 
 
-@pytest.mark.parametrize("no_fusion_epochs", [0, 1])
-def test_ar_stage_fst_step(dataset, tmp_path, no_fusion_epochs):
+@pytest.mark.parametrize("no_fusion_epochs,creff_init", [(0, "identity"), (1, "default")])
+def test_ar_stage_fst_step(dataset, tmp_path, no_fusion_epochs, creff_init):
     hr = loop.run(_train_args(dataset, tmp_path / "hr", "--stage", "hr", "--max-steps", "1"))
     args = _train_args(dataset, tmp_path / "ar", "--stage", "ar", "--hr-checkpoint", str(hr), "--max-steps", "1",
-                       "--no-fusion-epochs", str(no_fusion_epochs))
+                       "--no-fusion-epochs", str(no_fusion_epochs), "--creff-init", creff_init,
+                       "--creff-lr-mult", "2")
     trainer = loop.Trainer(args)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [pytest.approx(1e-3 * f) for f in (1, 2)]
+    query_conv = trainer.net.fuse_attention.lr_query_conv.weight
+    assert (query_conv.sum().item() == pytest.approx(query_conv.shape[0])) == (creff_init == "identity")
     frozen = nets.classifier(trainer.net).weight.clone()
     hr_weights = nets.load_checkpoint(str(hr))["model"]
     torch.testing.assert_close(frozen, hr_weights["final_conv.weight"])  # shared HR classifier
@@ -252,3 +256,31 @@ def test_cli_exit_codes(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["eval", dataset], prog="arseg")
     assert exc.value.code == 2 and "--num-classes is required" in capsys.readouterr().err
+
+
+# ---- evaluation ----
+
+
+def test_eval_protocol_with_release_files_and_checkpoint(dataset, tmp_path):
+    from arseg_ops.models import ARSeg
+    from arseg_ops.train import evaluate
+
+    torch.manual_seed(4)
+    model = ARSeg("tiny", NUM_CLASSES, 0.5)
+    torch.save(model.hr_net.state_dict(), tmp_path / "hr.pth")
+    torch.save({"state_dict": {"module." + k: v for k, v in model.lr_net.state_dict().items()}}, tmp_path / "lr.pth")
+    nets.save_checkpoint(tmp_path / "ar.pt", {"stage": "ar", "backbone": "tiny", "num_classes": NUM_CLASSES,
+                                              "kernel_size": 7, "scale": 0.5, "model": model.lr_net.state_dict(),
+                                              "hr_model": model.hr_net.state_dict()})
+    base = ["eval", dataset, "--num-classes", str(NUM_CLASSES), "--backbone", "tiny", "--length", str(L)]
+    official = evaluate.evaluate(_parse(base + ["--official", str(tmp_path / "hr.pth"), str(tmp_path / "lr.pth")]))
+    ours = evaluate.evaluate(_parse(base + ["--checkpoint", str(tmp_path / "ar.pt")]))
+    assert official == ours
+    assert len(ours["distances"]) == L and ours["frames"] == 7 and ours["lr_only"] is None
+    assert ours["distances"][0] == ours["hr"]  # d = 0: the labelled frame is the keyframe
+    assert all(0 <= m <= 1 for m in ours["distances"])
+    assert ours["ar_mean"] == pytest.approx(sum(ours["distances"]) / L)
+    with pytest.raises(ValueError, match="stage 'ar' one"):
+        hr_only = dict(nets.load_checkpoint(str(tmp_path / "ar.pt")), stage="hr")
+        nets.save_checkpoint(tmp_path / "hr.pt", hr_only)
+        evaluate.evaluate(_parse(base + ["--checkpoint", str(tmp_path / "hr.pt")]))

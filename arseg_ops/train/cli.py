@@ -186,6 +186,10 @@ def register(subparsers):
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--fst-weight", type=float, default=1.0)
     p.add_argument("--no-fusion-epochs", type=int, default=0, help="stage ar: first epochs without CReFF")
+    p.add_argument("--creff-lr-mult", type=_positive(float), default=1.0,
+                   help="stage ar: learning rate of CReFF's parameters as a multiple of --lr")
+    p.add_argument("--creff-init", choices=("identity", "default"), default="identity",
+                   help="stage ar: CReFF's q/k/v convs start as identities (default) or PyTorch's random init")
     p.add_argument("--crop", type=_size, help="training crop HxW (default: the frame size)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"))
     p.add_argument("--no-flip", action="store_true")

@@ -24,7 +24,7 @@ def build_arseg(args):
     if args.official:
         hr_path, lr_path = args.official
         model = ARSeg(args.backbone, args.num_classes, args.scale, args.kernel_size)
-        model.load_official(nets.hr_weights(hr_path), nets.hr_weights(lr_path))
+        model.load_official(nets.release_state_dict(hr_path), nets.release_state_dict(lr_path))
         return model
     ckpt = nets.load_checkpoint(args.checkpoint)
     if ckpt["stage"] != "ar":

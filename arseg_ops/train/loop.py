@@ -98,11 +98,14 @@ class Trainer:
             raise ValueError(f"{len(self.dataset)} training rows per process is fewer than --batch-size "
                              f"{args.batch_size}")
         hr_state = nets.hr_weights(args.hr_checkpoint) if args.hr_checkpoint else None
-        net, self.teacher = nets.build_stage(args.stage, args.backbone, args.num_classes, args.kernel_size, hr_state)
+        net, self.teacher = nets.build_stage(args.stage, args.backbone, args.num_classes, args.kernel_size, hr_state,
+                                             args.creff_init)
         self.net = net.to(self.dist.device)
         if self.teacher is not None:
             self.teacher.to(self.dist.device)
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        fusion = [p for n, p in self.net.named_parameters() if p.requires_grad and n.startswith("fuse_attention.")]
+        rest = [p for n, p in self.net.named_parameters() if p.requires_grad and not n.startswith("fuse_attention.")]
+        params = [{"params": rest}] + ([{"params": fusion, "lr": args.lr * args.creff_lr_mult}] if fusion else [])
         if args.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
         else:

@@ -20,9 +20,27 @@ def classifier(net):
     return net.conv_out.conv_out if hasattr(net, "conv_out") else net.final_conv
 
 
-def build_stage(stage, backbone, num_classes, kernel_size=7, hr_state=None):
+def init_creff_identity(creff):
+    """q, k convs = identity (centre tap 1, bias 0), v conv = 0: the fused feature starts as the LR feature
+    alone (the LR-only network's starting point), and the attention over the warped HR features, weighted by
+    their similarity to the LR feature, is learnt from there (a zero-initialised residual branch). PyTorch's
+    default init (the release's) starts by adding random mixtures of HR features that short trainings do not
+    get past."""
+    with torch.no_grad():
+        for conv in (creff.lr_query_conv, creff.hr_key_conv):
+            conv.weight.zero_()
+            conv.weight[:, 0, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0
+            conv.bias.zero_()
+        creff.hr_value_conv.weight.zero_()
+        creff.hr_value_conv.bias.zero_()
+
+
+def build_stage(stage, backbone, num_classes, kernel_size=7, hr_state=None, creff_init="identity"):
     """(trained network, frozen HR network or None). For "lr"/"ar", hr_state (an HR state_dict) initialises
-    the trained network; "ar" needs it (the frozen teacher and the shared classifier)."""
+    the trained network; "ar" needs it (the frozen teacher and the shared classifier). creff_init: "identity"
+    (init_creff_identity) or "default" (PyTorch's)."""
+    if creff_init not in ("identity", "default"):
+        raise ValueError(f"creff_init must be 'identity' or 'default', got {creff_init!r}")
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     hr_net, lr_net = build_networks(backbone, num_classes, kernel_size)
@@ -37,6 +55,8 @@ def build_stage(stage, backbone, num_classes, kernel_size=7, hr_state=None):
     # Every HR tensor has the same name in the LR network; only CReFF (fuse_attention) is new.
     missing, unexpected = lr_net.load_state_dict(hr_net.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("fuse_attention.") for k in missing), (missing, unexpected)
+    if creff_init == "identity":
+        init_creff_identity(lr_net.fuse_attention)
     for p in classifier(lr_net).parameters():
         p.requires_grad_(False)
     hr_net.eval()
@@ -62,18 +82,26 @@ def load_checkpoint(path):
     return ckpt
 
 
-def hr_weights(path):
-    """The HR network's state_dict from an `arseg train` checkpoint (stage hr, or the teacher of stage ar) or
-    from a plain state_dict file (e.g. the release's HR .pth)."""
+def release_state_dict(path):
+    """A state_dict saved by the authors' release (optionally under a "state_dict" key)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        if ckpt["stage"] == "hr":
-            return ckpt["model"]
-        if ckpt["stage"] == "ar":
-            return ckpt["hr_model"]
-        raise ValueError(f"{path!r} is a stage {ckpt['stage']!r} checkpoint; the HR network comes from stage hr")
-    if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         return ckpt["state_dict"]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path!r} holds a {type(ckpt).__name__}, not a state_dict")
     return ckpt
+
+
+def hr_weights(path):
+    """The HR network's state_dict from an `arseg train` checkpoint (stage hr, or the teacher of stage ar) or
+    from the release's HR .pth."""
+    ckpt = release_state_dict(path)
+    if ckpt.get("format") != FORMAT:
+        return ckpt
+    if ckpt["stage"] == "hr":
+        return ckpt["model"]
+    if ckpt["stage"] == "ar":
+        return ckpt["hr_model"]
+    raise ValueError(f"{path!r} is a stage {ckpt['stage']!r} checkpoint; the HR network comes from stage hr")
