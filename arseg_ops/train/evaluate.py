@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..models import ARSeg
-from ..models.arseg import lr_size
+from ..models.frames import lr_size
 from ..models.creff import resize_ac
 from . import nets
 from .data import ClipCache, FramePairDataset

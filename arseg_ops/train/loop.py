@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..models import IMAGENET_MEAN, IMAGENET_STD
-from ..models.arseg import lr_size
+from ..models.frames import lr_size
 from ..models.creff import resize_ac
 from ..models.training import fst_loss, lr_training_step
 from . import nets
