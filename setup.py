@@ -104,7 +104,7 @@ setup(
     name="arseg",
     version="0.1.0",
     description="Fused CPU/CUDA kernels for AR-Seg compressed-video semantic segmentation (mv_warp, local_attn)",
-    packages=["arseg_ops", "arseg_ops.bench", "arseg_ops.cli", "arseg_ops.models"],
+    packages=["arseg_ops", "arseg_ops.bench", "arseg_ops.cli", "arseg_ops.models", "arseg_ops.train"],
     package_dir={"arseg_ops": "arseg_ops", "arseg_ops.models": "models"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},

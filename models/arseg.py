@@ -11,6 +11,7 @@ from .checkpoint import load_official_state_dict
 from .creff import resize_ac
 from .frames import lr_size, warp_to_frame
 from .pspnet import PSPNet18, PSPNet18WithCReFF
+from .tinynet import TinyNet, TinyNetWithCReFF
 from .training import lr_training_step
 
 # Default input normalization: ImageNet statistics on the [0, 1] scale, RGB (the backbones are ImageNet-pretrained
@@ -21,6 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = {
     "psp18": (PSPNet18, PSPNet18WithCReFF),
     "bisenet18": (BiSeNet18, BiSeNet18WithCReFF),
+    "tiny": (TinyNet, TinyNetWithCReFF),  # CPU-sized stand-in for trying the recipe; not in the paper
 }
 
 

@@ -1,0 +1,219 @@
+"""Subcommands `manifest`, `synthetic`, `train`, `eval` for the `arseg` command: `register(subparsers)`.
+
+Each handler is `handler(args, parser) -> int`: argument errors go through parser.error (exit 2); runtime
+failures print `<prog> <cmd>: error: <message>` to stderr and return 1. Nothing here assumes the program name.
+"""
+import argparse
+import os
+import sys
+import time
+
+
+def _size(text):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        h = w = 0
+    if h < 16 or w < 16 or h % 16 or w % 16:
+        raise argparse.ArgumentTypeError(f"expected HxW, multiples of 16, e.g. 96x128, got {text!r}")
+    return h, w
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def _scale(text):
+    value = _positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _fail(parser, exc):
+    print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    return 1
+
+
+_RUNTIME_ERRORS = (OSError, ValueError, RuntimeError, FloatingPointError)
+
+
+def _common(p, training):
+    p.add_argument("manifest", help="manifest .csv or .jsonl (see `manifest`)")
+    p.add_argument("--split", default="train" if training else "val", help="manifest split to use")
+    p.add_argument("--length", type=_positive(int), default=12, help="GOP length L: keyframe distances 0..L-1")
+    p.add_argument("--block-size", type=_positive(int), default=4, help="motion grid cell in pixels")
+    p.add_argument("--cache-dir", help="motion/clip cache (default: .arseg_cache next to the manifest)")
+    p.add_argument("--class-map", choices=("none", "camvid"), default="none",
+                   help="camvid: label value 11 (void) -> 255")
+    p.add_argument("--num-classes", type=_positive(int), default=None,
+                   help="classes (default: 11 with --class-map camvid, else required)")
+    p.add_argument("--backbone", choices=("psp18", "bisenet18", "tiny"), default="psp18",
+                   help="tiny: a CPU-sized stand-in with the same interface (not from the paper)")
+    p.add_argument("--kernel-size", type=_positive(int), default=7, help="CReFF attention window")
+    p.add_argument("--scale", type=_scale, default=0.5, help="LR scale of non-keyframes")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available); torchrun sets the GPU")
+
+
+def _num_classes(args, parser):
+    if args.num_classes is None:
+        if args.class_map != "camvid":
+            parser.error("--num-classes is required without --class-map camvid")
+        args.num_classes = 11
+
+
+def manifest_cmd(args, parser):
+    from .manifest import scan_camvid, write_manifest
+
+    offsets = {}
+    for item in args.offset or []:
+        seq, _, value = item.partition("=")
+        if not seq or not value.lstrip("-").isdigit():
+            parser.error(f"--offset: expected SEQ=N, got {item!r}")
+        offsets[seq] = int(value)
+    if not args.output.lower().endswith((".csv", ".jsonl")):
+        parser.error("-o/--output must end in .csv or .jsonl")
+    try:
+        rows = scan_camvid(args.root, offsets=offsets)
+        write_manifest(rows, args.output)
+    except _RUNTIME_ERRORS as e:
+        return _fail(parser, e)
+    counts = {}
+    for r in rows:
+        counts[r.split] = counts.get(r.split, 0) + 1
+    print(f"wrote {len(rows)} rows to {args.output} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    return 0
+
+
+def synthetic_cmd(args, parser):
+    from .synthetic import CLASSES, write_dataset
+
+    if args.val_sequences >= args.sequences:
+        parser.error("--val-sequences must be smaller than --sequences")
+    if args.frames <= args.first_label:
+        parser.error("--frames must exceed --first-label")
+    try:
+        path = write_dataset(args.dir, sequences=args.sequences, val_sequences=args.val_sequences,
+                             frames=args.frames, size=args.size, label_every=args.label_every,
+                             first_label=args.first_label, seed=args.seed)
+    except _RUNTIME_ERRORS as e:
+        return _fail(parser, e)
+    print(f"wrote {path} ({len(CLASSES)} classes: {', '.join(CLASSES)}; train with --num-classes {len(CLASSES)})")
+    return 0
+
+
+def train_cmd(args, parser):
+    from . import loop
+
+    _num_classes(args, parser)
+    if args.stage == "ar" and not args.hr_checkpoint:
+        parser.error("--stage ar needs --hr-checkpoint (the stage hr checkpoint or the release's HR .pth)")
+    if args.crop is not None and args.crop[0] % 16:
+        parser.error("--crop must be multiples of 16")
+    if args.scale_range[0] <= 0 or args.scale_range[0] > args.scale_range[1]:
+        parser.error("--scale-range: expected 0 < MIN <= MAX")
+    try:
+        path = loop.run(args)
+    except _RUNTIME_ERRORS as e:
+        return _fail(parser, e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {path}")
+    return 0
+
+
+def eval_cmd(args, parser):
+    import json
+
+    from . import evaluate
+
+    _num_classes(args, parser)
+    if bool(args.checkpoint) == bool(args.official):
+        parser.error("give either --checkpoint (stage ar) or --official HR.pth LR.pth")
+    start = time.perf_counter()
+    try:
+        result = evaluate.evaluate(args)
+    except _RUNTIME_ERRORS as e:
+        return _fail(parser, e)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    print(evaluate.format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def register(subparsers):
+    """Add manifest / synthetic / train / eval to an argparse subparsers object."""
+    p = subparsers.add_parser("manifest", help="write a manifest for a dataset layout")
+    sub = p.add_subparsers(dest="layout", required=True)
+    c = sub.add_parser("camvid", help="ROOT/{train,val,test}annot/<seq>_<frame>.png + ROOT[/videos]/<seq>.<ext>")
+    c.add_argument("root")
+    c.add_argument("-o", "--output", default="manifest.csv", help="manifest path (.csv or .jsonl)")
+    c.add_argument("--offset", action="append", metavar="SEQ=N",
+                   help="frame number of the video's first frame in the label names (repeatable)")
+    c.set_defaults(func=manifest_cmd)
+
+    p = subparsers.add_parser("synthetic", help="generate a small labelled H.264 video dataset")
+    p.add_argument("dir")
+    p.add_argument("--sequences", type=_positive(int), default=6)
+    p.add_argument("--val-sequences", type=int, default=2)
+    p.add_argument("--frames", type=_positive(int), default=40, help="frames per sequence")
+    p.add_argument("--size", type=_size, default=(96, 128), help="HxW (default 96x128)")
+    p.add_argument("--label-every", type=_positive(int), default=2)
+    p.add_argument("--first-label", type=int, default=11)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=synthetic_cmd)
+
+    p = subparsers.add_parser("train", help="train a stage: hr, lr (LR-only baseline) or ar (LR + CReFF, FST)")
+    _common(p, training=True)
+    p.add_argument("--stage", choices=("hr", "lr", "ar"), required=True)
+    p.add_argument("--out", required=True, help="folder for last.pt and metrics.jsonl")
+    p.add_argument("--hr-checkpoint", help="HR weights: stage hr checkpoint or the release's HR .pth")
+    p.add_argument("--epochs", type=_positive(int), default=10)
+    p.add_argument("--max-steps", type=_positive(int), help="stop after this many optimizer steps in total")
+    p.add_argument("--batch-size", type=_positive(int), default=8, help="per process")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--lr", type=_positive(float), default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--fst-weight", type=float, default=1.0)
+    p.add_argument("--no-fusion-epochs", type=int, default=0, help="stage ar: first epochs without CReFF")
+    p.add_argument("--creff-lr-mult", type=_positive(float), default=1.0,
+                   help="stage ar: learning rate of CReFF's parameters as a multiple of --lr")
+    p.add_argument("--creff-init", choices=("identity", "default"), default="identity",
+                   help="stage ar: CReFF's q/k/v convs start as identities (default) or PyTorch's random init")
+    p.add_argument("--crop", type=_size, help="training crop HxW (default: the frame size)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"))
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue from OUT/last.pt or the given checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=train_cmd)
+
+    p = subparsers.add_parser("eval", help="mIoU per keyframe distance (the paper's protocol)")
+    _common(p, training=False)
+    p.add_argument("--checkpoint", help="stage ar checkpoint of `train` (holds the HR network too)")
+    p.add_argument("--official", nargs=2, metavar=("HR_PTH", "LR_PTH"), help="the release's state_dicts")
+    p.add_argument("--lr-checkpoint", help="stage lr checkpoint: adds the LR-only baseline")
+    p.add_argument("--json", help="also write the result as JSON")
+    p.set_defaults(func=eval_cmd)
+
+
+def main(argv=None, prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description="AR-Seg training and evaluation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args, sub.choices[args.command])
