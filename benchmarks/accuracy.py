@@ -15,11 +15,12 @@ import sys
 import tempfile
 import time
 
-from arseg_ops.train import cli, synthetic
+from arseg_ops import cli
+from arseg_ops.train import synthetic
 
 
 def _run(argv):
-    code = cli.main([str(a) for a in argv], prog="accuracy.py")
+    code = cli.main([str(a) for a in argv])
     if code:
         sys.exit(code)
 

@@ -12,7 +12,9 @@ import torch
 av = pytest.importorskip("av")
 
 import arseg_ops  # noqa: E402
-from arseg_ops.train import augment, cli, loop, manifest, metrics, nets, png, synthetic  # noqa: E402
+from arseg_ops import cli  # noqa: E402
+from arseg_ops.cli import train_commands  # noqa: E402
+from arseg_ops.train import augment, loop, manifest, metrics, nets, png, synthetic  # noqa: E402
 from arseg_ops.train.data import ClipCache, FramePairDataset  # noqa: E402
 
 L = 4  # GOP length of the tests
@@ -30,7 +32,7 @@ def dataset(tmp_path_factory):
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="arseg")
     sub = parser.add_subparsers(dest="command", required=True)
-    cli.register(sub)
+    train_commands.register(sub)
     return parser.parse_args(argv)
 
 
@@ -248,13 +250,13 @@ def test_bad_input_gives_clear_errors(dataset, tmp_path):
 
 def test_cli_exit_codes(dataset, tmp_path, capsys):
     assert cli.main(["train", str(tmp_path / "none.csv"), "--num-classes", "6", "--stage", "hr", "--out",
-                     str(tmp_path / "o")], prog="arseg") == 1
+                     str(tmp_path / "o")]) == 1
     assert "arseg train: error: manifest not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        cli.main(["train", dataset, "--stage", "ar", "--num-classes", "6", "--out", str(tmp_path)], prog="arseg")
+        cli.main(["train", dataset, "--stage", "ar", "--num-classes", "6", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--hr-checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        cli.main(["eval", dataset], prog="arseg")
+        cli.main(["eval", dataset])
     assert exc.value.code == 2 and "--num-classes is required" in capsys.readouterr().err
 
 

@@ -3,6 +3,8 @@
     bench             bench_command.py    fused vs reference kernels (the main job)
     flops             flops_command.py    GMACs next to the paper's Table 1
     segment, motion   video_commands.py   AR-Seg and codec motion on H.264 videos
+    manifest, synthetic, train, eval
+                      train_commands.py   training and evaluation (arseg_ops.train); torchrun-ready
 
 Exit codes: 0 success, 1 a runtime failure (unreadable or unsupported file, failed measurement setup),
 2 bad command-line arguments (argparse's convention), 130 interrupted. Errors and warnings are printed as
@@ -12,10 +14,10 @@ import argparse
 import sys
 import warnings
 
-from . import bench_command, flops_command, video_commands
+from . import bench_command, flops_command, train_commands, video_commands
 from .common import CliError
 
-COMMAND_GROUPS = (bench_command, flops_command, video_commands)
+COMMAND_GROUPS = (bench_command, flops_command, video_commands, train_commands)
 
 
 def build_parser():

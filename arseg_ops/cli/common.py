@@ -32,6 +32,16 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("expected a positive number, got %r" % (text,))
+    return value
+
+
 def kernel_size(text):
     """An odd local_attn window in [1, MAX_KERNEL_SIZE] (the limit the ops enforce)."""
     from .._opinfo import MAX_KERNEL_SIZE

@@ -1,8 +1,7 @@
-"""Images for the video commands: class palettes, the motion colour wheel, a dependency-free PNG writer."""
-import struct
-import zlib
-
+"""Images for the video commands: class palettes, the motion colour wheel and its legend (PNGs via train.png)."""
 import numpy as np
+
+from ..train.png import write_png  # noqa: F401  (one PNG writer for every tool)
 
 # CamVid's 11 classes + void in SegNet's CamVid label order and colours (the 12-class setting AR-Seg trains);
 # checkpoints trained with another label order need their own palette.
@@ -111,20 +110,6 @@ def draw_motion_legend(panel, max_motion):
     top, left = h - th - margin, w - tw - margin
     panel[top : top + th, left : left + tw] = tile
     return top, left
-
-
-def write_png(path, rgb):
-    """Write an (H, W, 3) uint8 image as an 8-bit RGB PNG (zlib only: no imaging library needed)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    h, w = rgb.shape[:2]
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1)  # filter byte 0 per row
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
 
 
 def even(image):

@@ -1,4 +1,4 @@
-"""Subcommands `manifest`, `synthetic`, `train`, `eval` for the `arseg` command: `register(subparsers)`.
+"""`arseg manifest | synthetic | train | eval`: AR-Seg training and evaluation (arseg_ops.train) from the command line.
 
 Each handler is `handler(args, parser) -> int`: argument errors go through parser.error (exit 2); runtime
 failures print `<prog> <cmd>: error: <message>` to stderr and return 1. Nothing here assumes the program name.
@@ -8,8 +8,10 @@ import os
 import sys
 import time
 
+from . import common
 
-def _size(text):
+
+def _training_size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -17,25 +19,6 @@ def _size(text):
     if h < 16 or w < 16 or h % 16 or w % 16:
         raise argparse.ArgumentTypeError(f"expected HxW, multiples of 16, e.g. 96x128, got {text!r}")
     return h, w
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-    return parse
-
-
-def _scale(text):
-    value = _positive(float)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
 
 
 def _fail(parser, exc):
@@ -49,17 +32,17 @@ _RUNTIME_ERRORS = (OSError, ValueError, RuntimeError, FloatingPointError)
 def _common(p, training):
     p.add_argument("manifest", help="manifest .csv or .jsonl (see `manifest`)")
     p.add_argument("--split", default="train" if training else "val", help="manifest split to use")
-    p.add_argument("--length", type=_positive(int), default=12, help="GOP length L: keyframe distances 0..L-1")
-    p.add_argument("--block-size", type=_positive(int), default=4, help="motion grid cell in pixels")
+    p.add_argument("--length", type=common.positive_int, default=12, help="GOP length L: keyframe distances 0..L-1")
+    p.add_argument("--block-size", type=common.positive_int, default=4, help="motion grid cell in pixels")
     p.add_argument("--cache-dir", help="motion/clip cache (default: .arseg_cache next to the manifest)")
     p.add_argument("--class-map", choices=("none", "camvid"), default="none",
                    help="camvid: label value 11 (void) -> 255")
-    p.add_argument("--num-classes", type=_positive(int), default=None,
+    p.add_argument("--num-classes", type=common.positive_int, default=None,
                    help="classes (default: 11 with --class-map camvid, else required)")
     p.add_argument("--backbone", choices=("psp18", "bisenet18", "tiny"), default="psp18",
                    help="tiny: a CPU-sized stand-in with the same interface (not from the paper)")
-    p.add_argument("--kernel-size", type=_positive(int), default=7, help="CReFF attention window")
-    p.add_argument("--scale", type=_scale, default=0.5, help="LR scale of non-keyframes")
+    p.add_argument("--kernel-size", type=common.kernel_size, default=7, help="CReFF attention window")
+    p.add_argument("--scale", type=common.scale, default=0.5, help="LR scale of non-keyframes")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available); torchrun sets the GPU")
 
 
@@ -71,7 +54,7 @@ def _num_classes(args, parser):
 
 
 def manifest_cmd(args, parser):
-    from .manifest import scan_camvid, write_manifest
+    from ..train.manifest import scan_camvid, write_manifest
 
     offsets = {}
     for item in args.offset or []:
@@ -94,7 +77,7 @@ def manifest_cmd(args, parser):
 
 
 def synthetic_cmd(args, parser):
-    from .synthetic import CLASSES, write_dataset
+    from ..train.synthetic import CLASSES, write_dataset
 
     if args.val_sequences >= args.sequences:
         parser.error("--val-sequences must be smaller than --sequences")
@@ -111,7 +94,7 @@ def synthetic_cmd(args, parser):
 
 
 def train_cmd(args, parser):
-    from . import loop
+    from ..train import loop
 
     _num_classes(args, parser)
     if args.stage == "ar" and not args.hr_checkpoint:
@@ -132,7 +115,7 @@ def train_cmd(args, parser):
 def eval_cmd(args, parser):
     import json
 
-    from . import evaluate
+    from ..train import evaluate
 
     _num_classes(args, parser)
     if bool(args.checkpoint) == bool(args.official):
@@ -163,11 +146,11 @@ def register(subparsers):
 
     p = subparsers.add_parser("synthetic", help="generate a small labelled H.264 video dataset")
     p.add_argument("dir")
-    p.add_argument("--sequences", type=_positive(int), default=6)
+    p.add_argument("--sequences", type=common.positive_int, default=6)
     p.add_argument("--val-sequences", type=int, default=2)
-    p.add_argument("--frames", type=_positive(int), default=40, help="frames per sequence")
-    p.add_argument("--size", type=_size, default=(96, 128), help="HxW (default 96x128)")
-    p.add_argument("--label-every", type=_positive(int), default=2)
+    p.add_argument("--frames", type=common.positive_int, default=40, help="frames per sequence")
+    p.add_argument("--size", type=_training_size, default=(96, 128), help="HxW (default 96x128)")
+    p.add_argument("--label-every", type=common.positive_int, default=2)
     p.add_argument("--first-label", type=int, default=11)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=synthetic_cmd)
@@ -177,20 +160,20 @@ def register(subparsers):
     p.add_argument("--stage", choices=("hr", "lr", "ar"), required=True)
     p.add_argument("--out", required=True, help="folder for last.pt and metrics.jsonl")
     p.add_argument("--hr-checkpoint", help="HR weights: stage hr checkpoint or the release's HR .pth")
-    p.add_argument("--epochs", type=_positive(int), default=10)
-    p.add_argument("--max-steps", type=_positive(int), help="stop after this many optimizer steps in total")
-    p.add_argument("--batch-size", type=_positive(int), default=8, help="per process")
+    p.add_argument("--epochs", type=common.positive_int, default=10)
+    p.add_argument("--max-steps", type=common.positive_int, help="stop after this many optimizer steps in total")
+    p.add_argument("--batch-size", type=common.positive_int, default=8, help="per process")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--lr", type=_positive(float), default=1e-3)
+    p.add_argument("--lr", type=common.positive_float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--fst-weight", type=float, default=1.0)
     p.add_argument("--no-fusion-epochs", type=int, default=0, help="stage ar: first epochs without CReFF")
-    p.add_argument("--creff-lr-mult", type=_positive(float), default=1.0,
+    p.add_argument("--creff-lr-mult", type=common.positive_float, default=1.0,
                    help="stage ar: learning rate of CReFF's parameters as a multiple of --lr")
     p.add_argument("--creff-init", choices=("identity", "default"), default="identity",
                    help="stage ar: CReFF's q/k/v convs start as identities (default) or PyTorch's random init")
-    p.add_argument("--crop", type=_size, help="training crop HxW (default: the frame size)")
+    p.add_argument("--crop", type=_training_size, help="training crop HxW (default: the frame size)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--no-augment", action="store_true")
@@ -209,11 +192,3 @@ def register(subparsers):
     p.add_argument("--lr-checkpoint", help="stage lr checkpoint: adds the LR-only baseline")
     p.add_argument("--json", help="also write the result as JSON")
     p.set_defaults(func=eval_cmd)
-
-
-def main(argv=None, prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description="AR-Seg training and evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    return args.func(args, sub.choices[args.command])
