@@ -36,7 +36,7 @@ def local_attn(query, key, value, kernel_size=7, *, scale=1.0, padding="zeros"):
     return _ops.local_attn(query, key, value, int(kernel_size), float(scale), padding)
 
 
-# ---- fake kernels: validate like the real ones and describe the (contiguous) outputs ----
+# ---- fake kernels: validate like the real ones and describe the outputs (shape, dtype, memory format) ----
 
 
 @torch.library.register_fake("arseg_ops::mv_warp")
@@ -57,16 +57,33 @@ def _mv_warp_backward_mv_fake(grad_output, feature, mv, scale_x, scale_y, mode, 
     return mv.new_empty(mv.shape)
 
 
+def _local_attn_layout(query):
+    """Memory format of local_attn's outputs (and its backward's), as the kernels produce them.
+
+    CUDA (csrc/cuda/local_attn_cuda.cpp): channels_last exactly when `query` is channels_last and not also
+    NCHW-contiguous (C == 1 or H == W == 1 tensors are both). CPU: always NCHW-contiguous.
+    """
+    if query.device.type == "cuda" and query.is_contiguous(memory_format=torch.channels_last) \
+            and not query.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty(like, layout):
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device, memory_format=layout)
+
+
 @torch.library.register_fake("arseg_ops::local_attn")
 def _local_attn_fake(query, key, value, kernel_size=7, scale=1.0, padding="zeros"):
     check_local_attn(query, key, value, kernel_size, scale, padding)
-    return value.new_empty(value.shape)
+    return _empty(value, _local_attn_layout(query))
 
 
 @torch.library.register_fake("arseg_ops::local_attn_backward")
 def _local_attn_backward_fake(grad_output, query, key, value, kernel_size, scale, padding):
     check_local_attn(query, key, value, kernel_size, scale, padding, op="local_attn_backward")
-    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape)
+    layout = _local_attn_layout(query)
+    return _empty(query, layout), _empty(key, layout), _empty(value, layout)
 
 
 # ---- autograd ----
@@ -95,7 +112,8 @@ def _local_attn_setup_context(ctx, inputs, output):
 
 def _local_attn_backward(ctx, grad):
     query, key, value = ctx.saved_tensors
-    dq, dk, dv = _ops.local_attn_backward(grad.contiguous(), query, key, value, *ctx.args)
+    # No .contiguous() here: the kernels take grad in the layout they run in (NCHW or channels_last).
+    dq, dk, dv = _ops.local_attn_backward(grad, query, key, value, *ctx.args)
     return dq, dk, dv, None, None, None
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from arseg_ops.testing import cuda_available, poison_outputs
+from arseg_ops.testing import cuda_available, experimental_kernels, poison_outputs
 
 HAS_CUDA = cuda_available()
 _NO_CUDA_REASON = "needs a CUDA device and an arseg_ops build with CUDA kernels"
@@ -28,6 +28,16 @@ def poison():
     """Fill every op output with NaN before its kernel writes it, so unwritten elements fail comparisons."""
     with poison_outputs():
         yield
+
+
+@pytest.fixture(params=["default", "experimental"])
+def attn_kernels(request):
+    """Run a local_attn test twice: with the verified kernels only (whatever ARSEG_EXPERIMENTAL_KERNELS says), and
+    with the experimental local_attn kernels switched on (they fall back to the verified ones where they do not
+    apply: CPU, float64, large K)."""
+    names = ("local_attn",) if request.param == "experimental" else ()
+    with experimental_kernels(*names):
+        yield request.param
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,7 @@ def test_build_info_has_expected_keys():
         assert info["cuda_archs"] and info["cuda_version"]
 
 
-# ---- local_attn ----
+# ---- local_attn (each test runs with the default and with the experimental kernels: the attn_kernels fixture) ----
 
 ATTN_SHAPES = [  # N, C, Cv, H, W: tile-unaligned sizes, 1x1 images, C = 1, 3, 64, 256, 513
     (1, 1, 1, 1, 1),
@@ -104,7 +104,7 @@ ATTN_SHAPES = [  # N, C, Cv, H, W: tile-unaligned sizes, 1x1 images, C = 1, 3, 6
 @pytest.mark.parametrize("padding", ["zeros", "exclude"])
 @pytest.mark.parametrize("K", [1, 3, 5, 7, 9, 15])
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=str)
-def test_local_attn_forward_matches_float64(shape, K, padding, dtype, poison):
+def test_local_attn_forward_matches_float64(shape, K, padding, dtype, poison, attn_kernels):
     q, k, v = attn_inputs(*shape, dtype)
     out = arseg_ops.local_attn(q, k, v, K, scale=0.3, padding=padding)
     ref = reference.local_attn(q.double(), k.double(), v.double(), K, scale=0.3, padding=padding)
@@ -116,7 +116,7 @@ def test_local_attn_forward_matches_float64(shape, K, padding, dtype, poison):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("padding", ["zeros", "exclude"])
 @pytest.mark.parametrize("K", [3, 7, 11])
-def test_local_attn_backward_matches_reference_autograd(K, padding, dtype, poison):
+def test_local_attn_backward_matches_reference_autograd(K, padding, dtype, poison, attn_kernels):
     q, k, v = attn_inputs(2, 5, 6, 11, 35, dtype, grad=True)
     out = arseg_ops.local_attn(q, k, v, K, scale=0.5, padding=padding)
     dout = torch.randn_like(out)
@@ -141,7 +141,7 @@ def test_local_attn_backward_matches_reference_autograd(K, padding, dtype, poiso
 @cuda_test
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("K", [1, 5, 7, 9])
-def test_local_attn_low_precision_forward(K, dtype, poison):
+def test_local_attn_low_precision_forward(K, dtype, poison, attn_kernels):
     q, k, v = attn_inputs(2, 32, 24, 13, 37, dtype)
     out = arseg_ops.local_attn(q, k, v, K, scale=0.2)
     ref = reference.local_attn(q.double(), k.double(), v.double(), K, scale=0.2)
@@ -151,7 +151,7 @@ def test_local_attn_low_precision_forward(K, dtype, poison):
 @cuda_test
 @pytest.mark.parametrize("padding", ["zeros", "exclude"])
 @pytest.mark.parametrize("K", [3, 7, 9])
-def test_local_attn_gradcheck_float64(K, padding):
+def test_local_attn_gradcheck_float64(K, padding, attn_kernels):
     q, k, v = attn_inputs(1, 2, 3, 5, 6, torch.float64, grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: arseg_ops.local_attn(a, b, c, K, scale=0.7, padding=padding),
                                     (q, k, v))
@@ -159,7 +159,7 @@ def test_local_attn_gradcheck_float64(K, padding):
 
 @cuda_test
 @pytest.mark.parametrize("K", [7, 9])
-def test_local_attn_backward_is_deterministic(K):
+def test_local_attn_backward_is_deterministic(K, attn_kernels):
     q, k, v = attn_inputs(2, 16, 16, 19, 41, torch.float32)
     dout = torch.randn_like(v)
     first = torch.ops.arseg_ops.local_attn_backward(dout, q, k, v, K, 1.0, "zeros")
@@ -171,7 +171,7 @@ def test_local_attn_backward_is_deterministic(K):
 @cuda_test
 @pytest.mark.parametrize("padding", ["zeros", "exclude"])
 @pytest.mark.parametrize("K", [5, 13])
-def test_local_attn_cuda_matches_cpu(K, padding):
+def test_local_attn_cuda_matches_cpu(K, padding, attn_kernels):
     q, k, v = attn_inputs(2, 8, 4, 10, 17, torch.float32, grad=True)
     out = arseg_ops.local_attn(q, k, v, K, padding=padding)
     dout = torch.randn_like(out)
@@ -185,7 +185,7 @@ def test_local_attn_cuda_matches_cpu(K, padding):
 
 
 @cuda_test
-def test_local_attn_opcheck_and_compile():
+def test_local_attn_opcheck_and_compile(attn_kernels):
     q, k, v = attn_inputs(1, 4, 3, 6, 7, torch.float32, grad=True)
     torch.library.opcheck(torch.ops.arseg_ops.local_attn.default, (q, k, v, 5, 0.5, "exclude"))
     dout = torch.randn(1, 3, 6, 7, device="cuda")

@@ -127,9 +127,10 @@ __device__ __forceinline__ int opaque(int x) {
 
 // ---- staging: channels [c0, c0 + CH) of `rows` pixels into dst[row][channel] ----
 
-template <class G, bool kVec, typename T, class PixelOf>
-__device__ __forceinline__ void stage(T* dst, int rows, PixelOf pixel_of, const Img<T>& img, int c0, int H, int W) {
-  if constexpr (kVec) {  // channels contiguous, channel count a multiple of VEC, 16-byte aligned
+template <class G, typename T, class PixelOf>
+__device__ __forceinline__ void stage(T* dst, int rows, PixelOf pixel_of, const Img<T>& img, int c0, int H, int W,
+                                      bool vec) {
+  if (vec) {  // channels contiguous, channel count a multiple of VEC, 16-byte aligned
     constexpr int VPR = G::CH / G::VEC;
 #pragma unroll 1
     for (int i = threadIdx.x; i < rows * VPR; i += G::THREADS) {
@@ -157,21 +158,21 @@ __device__ __forceinline__ void stage(T* dst, int rows, PixelOf pixel_of, const 
   }
 }
 
-template <class G, bool kVec, typename T>
-__device__ __forceinline__ void stage_m(T* buf, const Lane& L, const Img<T>& img, int c0, int H, int W) {
-  stage<G, kVec>(buf, G::MROWS, [&](int r, int& y, int& x) { m_pixel<G>(L, r, y, x); }, img, c0, H, W);
+template <class G, typename T>
+__device__ __forceinline__ void stage_m(T* buf, const Lane& L, const Img<T>& img, int c0, int H, int W, bool vec) {
+  stage<G>(buf, G::MROWS, [&](int r, int& y, int& x) { m_pixel<G>(L, r, y, x); }, img, c0, H, W, vec);
 }
-template <class G, bool kVec, typename T>
-__device__ __forceinline__ void stage_n(T* buf, const Lane& L, const Img<T>& img, int c0, int H, int W) {
-  stage<G, kVec>(buf + G::MROWS * G::RS, G::NROWS, [&](int r, int& y, int& x) { n_pixel<G>(L, r, y, x); }, img,
-                 c0, H, W);
+template <class G, typename T>
+__device__ __forceinline__ void stage_n(T* buf, const Lane& L, const Img<T>& img, int c0, int H, int W, bool vec) {
+  stage<G>(buf + G::MROWS * G::RS, G::NROWS, [&](int r, int& y, int& x) { n_pixel<G>(L, r, y, x); }, img, c0, H,
+           W, vec);
 }
 
 // Writes channels [c0, c0 + CH) of the M region (written by write_rows) to the image of tensor `out`.
-template <class G, bool kVec, typename T>
+template <class G, typename T>
 __device__ __forceinline__ void store_m(T* out, int cs, int ps, int channels, const T* buf, const Lane& L, int c0,
-                                        int H, int W) {
-  if constexpr (kVec) {
+                                        int H, int W, bool vec) {
+  if (vec) {
     constexpr int VPR = G::CH / G::VEC;
     for (int i = threadIdx.x; i < G::MROWS * VPR; i += G::THREADS) {
       const int r = i / VPR, c = c0 + (i - r * VPR) * G::VEC;
@@ -344,18 +345,17 @@ inline dim3 tile_grid(const LocalAttnV2Params& p) {
 }
 
 
-// Calls f(std::integral_constant<int, K>{}, std::bool_constant<kVec>{}) for the specialised kernel sizes
-// (1..11, odd) and staging kinds; cudaErrorInvalidValue for any other size.
-template <class F>
-inline cudaError_t dispatch(int kernel_size, bool vec, F f) {
-  auto with_k = [&](auto k) { return vec ? f(k, std::true_type{}) : f(k, std::false_type{}); };
+// Calls f(std::integral_constant<int, K>{}) for the specialised odd kernel sizes K <= kMaxK;
+// cudaErrorInvalidValue for any other size.
+template <int kMaxK, class F>
+inline cudaError_t dispatch(int kernel_size, F f) {
   switch (kernel_size) {
-    case 1: return with_k(std::integral_constant<int, 1>{});
-    case 3: return with_k(std::integral_constant<int, 3>{});
-    case 5: return with_k(std::integral_constant<int, 5>{});
-    case 7: return with_k(std::integral_constant<int, 7>{});
-    case 9: return with_k(std::integral_constant<int, 9>{});
-    case 11: return with_k(std::integral_constant<int, 11>{});
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 9: return f(std::integral_constant<int, (kMaxK >= 9 ? 9 : 1)>{});
+    case 11: return f(std::integral_constant<int, (kMaxK >= 11 ? 11 : 1)>{});
     default: return cudaErrorInvalidValue;
   }
 }

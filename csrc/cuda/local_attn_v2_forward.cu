@@ -14,19 +14,22 @@ namespace {
 
 using namespace attn2;
 
-// CTA shape per kernel size: 2 x 4 warps (an 8 x 16 pixel tile) where the score tile fits the registers of two
-// CTAs per SM; 2 x 2 warps for K = 11 (its 4 x 4-pixel warp tile has 196 columns: 104 accumulators per lane).
-template <int K>
+// CTA shape per element type and kernel size, chosen from the ptxas report: K = 1 fits 2 x 4 warps (an 8 x 16
+// pixel tile) at 128 registers, two CTAs per SM; larger K take 2 x 2 warps (8 x 8) at up to 168 registers (three
+// CTAs per SM) for 16-bit types and K = 3 in float, up to 255 (two CTAs) for float K >= 5 (3xTF32 keeps high and
+// low halves of each operand) and for K = 11 (196 score columns per warp: 104 accumulators per lane).
+template <typename T, int K>
 struct FwdCfg {
-  static constexpr int WY = 2, WX = K <= 9 ? 4 : 2, MIN_BLOCKS = 2;
+  static constexpr bool kWide = K == 11 || (sizeof(T) == 4 && K >= 5);
+  static constexpr int WY = 2, WX = K == 1 ? 4 : 2, MIN_BLOCKS = K == 1 || kWide ? 2 : 3;
 };
 template <typename T, int K>
-using FwdGeo = Geo<T, K, FwdCfg<K>::WY, FwdCfg<K>::WX>;
+using FwdGeo = Geo<T, K, FwdCfg<T, K>::WY, FwdCfg<T, K>::WX>;
 
-template <typename T, int K, bool kVec>
-__global__ void __launch_bounds__(FwdGeo<T, K>::THREADS, FwdCfg<K>::MIN_BLOCKS)
+template <typename T, int K>
+__global__ void __launch_bounds__(FwdGeo<T, K>::THREADS, FwdCfg<T, K>::MIN_BLOCKS)
     local_attn_v2_forward_kernel(const LocalAttnV2Params p, const T* __restrict__ q, const T* __restrict__ k,
-                                 const T* __restrict__ v, T* __restrict__ out) {
+                                 const T* __restrict__ v, T* __restrict__ out, bool vec) {
   using G = FwdGeo<T, K>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
@@ -42,10 +45,10 @@ __global__ void __launch_bounds__(FwdGeo<T, K>::THREADS, FwdCfg<K>::MIN_BLOCKS)
         smem, nC + nV,
         [&](int s, T* buf) {
           if (s < nC) {
-            stage_m<G, kVec>(buf, L, qi, s * G::CH, p.H, p.W);
-            stage_n<G, kVec>(buf, L, ki, s * G::CH, p.H, p.W);
+            stage_m<G>(buf, L, qi, s * G::CH, p.H, p.W, vec);
+            stage_n<G>(buf, L, ki, s * G::CH, p.H, p.W, vec);
           } else {
-            stage_n<G, kVec>(buf, L, vi, (s - nC) * G::CH, p.H, p.W);
+            stage_n<G>(buf, L, vi, (s - nC) * G::CH, p.H, p.W, vec);
           }
         },
         [&](int s, T* buf) {
@@ -61,7 +64,7 @@ __global__ void __launch_bounds__(FwdGeo<T, K>::THREADS, FwdCfg<K>::MIN_BLOCKS)
           weighted_chunk<G>(O, S, buf, L);
           write_rows<G>(buf, O, L);
           __syncthreads();
-          store_m<G, kVec>(on, vi.cs, vi.ps, p.Cv, buf, L, (s - nC) * G::CH, p.H, p.W);
+          store_m<G>(on, vi.cs, vi.ps, p.Cv, buf, L, (s - nC) * G::CH, p.H, p.W, vec);
         });
   }
 }
@@ -86,12 +89,11 @@ cudaError_t local_attn_v2_forward(const LocalAttnV2Params& p, const T* query, co
   constexpr int VEC = 16 / sizeof(T);
   const bool vec = p.channels_last && p.C % VEC == 0 && p.Cv % VEC == 0 && aligned16(query) && aligned16(key) &&
                    aligned16(value) && aligned16(out);
-  return dispatch(p.kernel_size, vec, [&](auto kc, auto vc) {
+  return dispatch<kMaxV2KernelSize>(p.kernel_size, [&](auto kc) {
     constexpr int K = decltype(kc)::value;
-    constexpr bool kVec = decltype(vc)::value;
     using G = FwdGeo<T, K>;
-    return launch_tiles<G>(&local_attn_v2_forward_kernel<T, K, kVec>, G::kSmemBytes, p, stream, p, query, key,
-                           value, out);
+    return launch_tiles<G>(&local_attn_v2_forward_kernel<T, K>, G::kSmemBytes, p, stream, p, query, key, value,
+                           out, vec);
   });
 }
 
