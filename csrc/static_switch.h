@@ -56,3 +56,39 @@ constexpr int kGenericKernelSize = 0;
       }                                                    \
     }                                                      \
   }()
+
+// Like ARSEG_KERNEL_SIZE_SWITCH with every odd size up to 11 specialised (the v2 local_attn kernels: their
+// score tiles live in registers for K <= 11); kGenericKernelSize above.
+#define ARSEG_KERNEL_SIZE_SWITCH_TO_11(KSIZE, NAME, ...) \
+  [&] {                                                   \
+    switch (KSIZE) {                                      \
+      case 1: {                                           \
+        constexpr int NAME = 1;                           \
+        return __VA_ARGS__();                             \
+      }                                                   \
+      case 3: {                                           \
+        constexpr int NAME = 3;                           \
+        return __VA_ARGS__();                             \
+      }                                                   \
+      case 5: {                                           \
+        constexpr int NAME = 5;                           \
+        return __VA_ARGS__();                             \
+      }                                                   \
+      case 7: {                                           \
+        constexpr int NAME = 7;                           \
+        return __VA_ARGS__();                             \
+      }                                                   \
+      case 9: {                                           \
+        constexpr int NAME = 9;                           \
+        return __VA_ARGS__();                             \
+      }                                                   \
+      case 11: {                                          \
+        constexpr int NAME = 11;                          \
+        return __VA_ARGS__();                             \
+      }                                                   \
+      default: {                                          \
+        constexpr int NAME = ::arseg::kGenericKernelSize; \
+        return __VA_ARGS__();                             \
+      }                                                   \
+    }                                                     \
+  }()

@@ -227,15 +227,18 @@ cudaError_t local_attn_v2_backward(const LocalAttnV2Params& p, const T* grad_out
   const bool vec = p.channels_last && p.C % VEC == 0 && p.Cv % VEC == 0 && aligned16(grad_output) &&
                    aligned16(query) && aligned16(key) && aligned16(value) && aligned16(dq) && aligned16(dk) &&
                    aligned16(dv);
-  return dispatch<kMaxV2BackwardKernelSize>(p.kernel_size, [&](auto kc) {
-    constexpr int K = decltype(kc)::value;
-    using G = BwdGeo<T, K>;
-    cudaError_t err = launch_tiles<G>(&local_attn_v2_query_grad_kernel<T, K>, G::kSmemBytes, p, stream, p,
-                                      grad_output, query, key, value, dq, stats, vec);
-    if (err != cudaSuccess) return err;
-    const size_t smem = G::kSmemBytes + G::NROWS * kStatsPerPixel * sizeof(float);
-    return launch_tiles<G>(&local_attn_v2_key_grad_kernel<T, K>, smem, p, stream, p, grad_output, query, key, value,
-                           dk, dv, static_cast<const float*>(stats), vec);
+  return ARSEG_KERNEL_SIZE_SWITCH_TO_11(p.kernel_size, K, [&]() -> cudaError_t {
+    if constexpr (K == kGenericKernelSize || K > kMaxV2BackwardKernelSize) {
+      return cudaErrorInvalidValue;
+    } else {
+      using G = BwdGeo<T, K>;
+      cudaError_t err = launch_tiles<G>(&local_attn_v2_query_grad_kernel<T, K>, G::kSmemBytes, p, stream, p,
+                                        grad_output, query, key, value, dq, stats, vec);
+      if (err != cudaSuccess) return err;
+      const size_t smem = G::kSmemBytes + G::NROWS * kStatsPerPixel * sizeof(float);
+      return launch_tiles<G>(&local_attn_v2_key_grad_kernel<T, K>, smem, p, stream, p, grad_output, query, key,
+                             value, dk, dv, static_cast<const float*>(stats), vec);
+    }
   });
 }
 

@@ -19,8 +19,6 @@
 // is 64-bit.
 #pragma once
 
-#include <type_traits>
-
 #include "device_common.cuh"
 #include "local_attn_v2.h"
 #include "local_attn_v2_mma.cuh"
@@ -344,21 +342,6 @@ inline dim3 tile_grid(const LocalAttnV2Params& p) {
   return dim3(static_cast<unsigned>(tiles), grid_dim(p.N, kMaxGridYZ));
 }
 
-
-// Calls f(std::integral_constant<int, K>{}) for the specialised odd kernel sizes K <= kMaxK;
-// cudaErrorInvalidValue for any other size.
-template <int kMaxK, class F>
-inline cudaError_t dispatch(int kernel_size, F f) {
-  switch (kernel_size) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    case 9: return f(std::integral_constant<int, (kMaxK >= 9 ? 9 : 1)>{});
-    case 11: return f(std::integral_constant<int, (kMaxK >= 11 ? 11 : 1)>{});
-    default: return cudaErrorInvalidValue;
-  }
-}
 
 // 16-byte vector staging applies when every tensor is channels_last, every channel count is a multiple of the
 // vector width and every pointer is 16-byte aligned.

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(FwdGeo<T, K>::THREADS, FwdCfg<T, K>::MIN_BLOCK
 bool local_attn_v2_supported(const LocalAttnV2Params& p) {
   constexpr int64_t kMax = int64_t(1) << 31;
   const int64_t hw = static_cast<int64_t>(p.H) * p.W;
-  if (p.kernel_size < 1 || p.kernel_size > kMaxV2KernelSize || p.kernel_size % 2 == 0) return false;
+  if (!is_valid_kernel_size(p.kernel_size) || p.kernel_size > kMaxV2KernelSize) return false;
   if (p.N < 1 || p.C < 1 || p.Cv < 1 || hw < 1 || hw * p.C >= kMax || hw * p.Cv >= kMax) return false;
   int device = 0, major = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
@@ -89,11 +89,14 @@ cudaError_t local_attn_v2_forward(const LocalAttnV2Params& p, const T* query, co
   constexpr int VEC = 16 / sizeof(T);
   const bool vec = p.channels_last && p.C % VEC == 0 && p.Cv % VEC == 0 && aligned16(query) && aligned16(key) &&
                    aligned16(value) && aligned16(out);
-  return dispatch<kMaxV2KernelSize>(p.kernel_size, [&](auto kc) {
-    constexpr int K = decltype(kc)::value;
-    using G = FwdGeo<T, K>;
-    return launch_tiles<G>(&local_attn_v2_forward_kernel<T, K>, G::kSmemBytes, p, stream, p, query, key, value,
-                           out, vec);
+  return ARSEG_KERNEL_SIZE_SWITCH_TO_11(p.kernel_size, K, [&]() -> cudaError_t {
+    if constexpr (K == kGenericKernelSize || K > kMaxV2KernelSize) {
+      return cudaErrorInvalidValue;
+    } else {
+      using G = FwdGeo<T, K>;
+      return launch_tiles<G>(&local_attn_v2_forward_kernel<T, K>, G::kSmemBytes, p, stream, p, query, key, value,
+                             out, vec);
+    }
   });
 }
 
