@@ -224,6 +224,10 @@ def backward(G, dout, q, k, v, K, scale, padding):
                         lse_ = hs[n_row(G, wy, wx, 8*j + 2*t + (e & 1)), 0]
                         real = win and inside(cy, cx, H, W) and inside(ry, rx, H, W)
                         P[w][l][j][e] = np.exp(P[w][l][j][e]*scale - lse_) if real else 0.0
+        for s in range(nV):  # dv before dP, as the kernel
+            N = stage(G, dout, s*CH, G.NROWS, npix, H, W); Mout = np.zeros((G.MROWS, CH))
+            for w in range(G.warps): write_rows(G, Mout, weighted_chunk(G, P[w], N, *warp_origin(G, w)), w)
+            store(G, dv, Mout, s*CH, y0, x0, H, W)
         for s in range(nV):
             M = stage(G, v, s*CH, G.MROWS, mpix, H, W); N = stage(G, dout, s*CH, G.NROWS, npix, H, W)
             for w in range(G.warps): dot_chunk(G, D[w], M, N, w, *warp_origin(G, w))
@@ -234,10 +238,6 @@ def backward(G, dout, q, k, v, K, scale, padding):
                     for e in range(4):
                         delta = hs[n_row(G, wy, wx, 8*j + 2*t + (e & 1)), 1]
                         D[w][l][j][e] = P[w][l][j][e]*(D[w][l][j][e] - delta)*scale
-        for s in range(nV):
-            N = stage(G, dout, s*CH, G.NROWS, npix, H, W); Mout = np.zeros((G.MROWS, CH))
-            for w in range(G.warps): write_rows(G, Mout, weighted_chunk(G, P[w], N, *warp_origin(G, w)), w)
-            store(G, dv, Mout, s*CH, y0, x0, H, W)
         for s in range(nC):
             N = stage(G, q, s*CH, G.NROWS, npix, H, W); Mout = np.zeros((G.MROWS, CH))
             for w in range(G.warps): write_rows(G, Mout, weighted_chunk(G, D[w], N, *warp_origin(G, w)), w)

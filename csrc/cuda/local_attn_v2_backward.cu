@@ -11,9 +11,10 @@
 // Key-centred kernel, per tile of key pixels j (rows) against the query pixels i of their halo (columns; the
 // window relation is symmetric, so the same masks apply):
 //   [0, nC)            S^T += k_j . q_i;   then P^T = exp(S^T scale - lse_i) (0 for out-of-image queries)
-//   [nC, nC + nV)      dP^T += v_j . dO_i; then dS^T = P^T (dP^T - delta_i) scale
-//   [.., +nV)          dv_j = sum_i P^T dO_i            (stage dO halo)
+//   [nC, nC + nV)      dv_j = sum_i P^T dO_i            (stage dO halo)
+//   [.., +nV)          dP^T += v_j . dO_i; then dS^T = P^T (dP^T - delta_i) scale   (stage v rows, dO halo)
 //   [.., +nC)          dk_j = sum_i dS^T q_i            (stage q halo)
+// (dv before dP: the two score tiles are live together only during the dP products, not during a weighted one.)
 // Every output element is written once by one lane, summing in a fixed order: results are bitwise reproducible.
 #include "local_attn_v2_device.cuh"
 
@@ -46,7 +47,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
   using G = BwdGeo<T, K>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
-  const Lane L = lane_info<G>(p.W);
+  const Lane L0 = lane_info<G>(p.W), &L = L0;
   const int nC = (p.C + G::CH - 1) / G::CH, nV = (p.Cv + G::CH - 1) / G::CH, hw = p.H * p.W;
   const float scale = p.scale;
   for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
@@ -90,6 +91,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
               for (int e = 0; e < 4; ++e) delta[e >> 1] += P[j][e] * D[j][e];
             delta[0] = quad_sum(delta[0]);
             delta[1] = quad_sum(delta[1]);
+            const Lane L = fresh(L0);
 #pragma unroll
             for (int j = 0; j < G::NT; ++j)
 #pragma unroll
@@ -128,7 +130,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
   float* halo_stats = reinterpret_cast<float*>(smem_raw + G::kSmemBytes);  // (lse, delta) per N-region row
-  const Lane L = lane_info<G>(p.W);
+  const Lane L0 = lane_info<G>(p.W), &L = L0;
   const int nC = (p.C + G::CH - 1) / G::CH, nV = (p.Cv + G::CH - 1) / G::CH, hw = p.H * p.W;
   const float scale = p.scale;
   for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
@@ -156,9 +158,9 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
             stage_m<G>(buf, L, ki, s * G::CH, p.H, p.W, vec);
             stage_n<G>(buf, L, qi, s * G::CH, p.H, p.W, vec);
           } else if (s < nC + nV) {
-            stage_m<G>(buf, L, vi, (s - nC) * G::CH, p.H, p.W, vec);
             stage_n<G>(buf, L, gi, (s - nC) * G::CH, p.H, p.W, vec);
           } else if (s < nC + 2 * nV) {
+            stage_m<G>(buf, L, vi, (s - nC - nV) * G::CH, p.H, p.W, vec);
             stage_n<G>(buf, L, gi, (s - nC - nV) * G::CH, p.H, p.W, vec);
           } else {
             stage_n<G>(buf, L, qi, (s - nC - 2 * nV) * G::CH, p.H, p.W, vec);
@@ -170,6 +172,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
             return;
           }
           if (s == nC) {  // P^T: rows are keys (always real when stored), columns queries of the halo
+            const Lane L = fresh(L0);
 #pragma unroll
             for (int j = 0; j < G::NT; ++j)
 #pragma unroll
@@ -180,11 +183,12 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
                 P[j][e] = real ? __expf(P[j][e] * scale - lse) : 0.f;
               }
           }
-          if (s < nC + nV) {
+          if (s >= nC + nV && s < nC + 2 * nV) {
             dot_chunk<G>(D, buf, L);
             return;
           }
-          if (s == nC + nV) {
+          if (s == nC + 2 * nV) {  // dS^T; P is dead from here on
+            const Lane L = fresh(L0);
 #pragma unroll
             for (int j = 0; j < G::NT; ++j)
 #pragma unroll
@@ -193,7 +197,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
                 D[j][e] = P[j][e] * (D[j][e] - delta) * scale;
               }
           }
-          const bool value_step = s < nC + 2 * nV;
+          const bool value_step = s < nC + nV;
           float O[G::CT][4];
           if (value_step) {  // (two calls, not one on a selected array: that would put P and D in local memory)
             weighted_chunk<G>(O, P, buf, L);
@@ -203,7 +207,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
           write_rows<G>(buf, O, L);
           __syncthreads();
           if (value_step) {
-            store_m<G>(dvn, vi.cs, vi.ps, p.Cv, buf, L, (s - nC - nV) * G::CH, p.H, p.W, vec);
+            store_m<G>(dvn, vi.cs, vi.ps, p.Cv, buf, L, (s - nC) * G::CH, p.H, p.W, vec);
           } else {
             store_m<G>(dkn, ki.cs, ki.ps, p.C, buf, L, (s - nC - 2 * nV) * G::CH, p.H, p.W, vec);
           }
