@@ -14,7 +14,7 @@ def conv_bn(x, conv, bn):
     """bn(conv(x)). With the batch norm in eval mode (running statistics: a fixed per-channel affine map) it is
     folded into the convolution's weight and bias, one convolution instead of a convolution plus a full pass
     over its output; the same function up to float rounding, and differentiable in all parameters alike."""
-    if bn.training or bn.running_mean is None:
+    if bn.training or bn.running_mean is None or bn.weight is None:
         return bn(conv(x))
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     bias = bn.bias - bn.running_mean * scale
