@@ -5,8 +5,22 @@ Two variants:
   is dilated (2 / 4). Returns (layer4 output, layer3 output).
 - `ResNet18` (BiSeNet's `cp.resnet`): plain output stride 32. Returns (layer2, layer3, layer4) outputs.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def conv_bn(x, conv, bn):
+    """bn(conv(x)). With the batch norm in eval mode (running statistics: a fixed per-channel affine map) it is
+    folded into the convolution's weight and bias, one convolution instead of a convolution plus a full pass
+    over its output; the same function up to float rounding, and differentiable in all parameters alike."""
+    if bn.training or bn.running_mean is None or bn.weight is None:
+        return bn(conv(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv._conv_forward(x, conv.weight * scale.view(-1, 1, 1, 1), bias)
 
 
 def conv3x3(in_ch, out_ch, stride=1, dilation=1):
@@ -30,9 +44,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         # Functional ReLUs, not in-place: nothing here may modify a tensor autograd or DDP still needs.
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
+        out = F.relu(conv_bn(x, self.conv1, self.bn1))
+        out = conv_bn(out, self.conv2, self.bn2)
+        shortcut = x if self.downsample is None else conv_bn(x, *self.downsample)
         return F.relu(out + shortcut)
 
 
@@ -52,7 +66,7 @@ class _ResNet18Base(nn.Module):
             setattr(self, f"layer{i + 1}", _layer(widths[i], widths[i + 1], strides[i], dilations[i]))
 
     def _stages(self, x):
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(F.relu(conv_bn(x, self.conv1, self.bn1)))
         f1 = self.layer1(x)
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import ResNet18
+from .backbones import ResNet18, conv_bn
 from .creff import resize_ac
 from .segnet import SegNet
 
@@ -25,7 +25,7 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm2d(out_ch)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        return F.relu(conv_bn(x, self.conv, self.bn))
 
 
 def _channel_gate(feat, conv, bn):
