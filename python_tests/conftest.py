@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from arseg_ops.testing import cuda_available, poison_outputs
+from arseg_ops.testing import cuda_available, experimental_kernels, poison_outputs
 
 HAS_CUDA = cuda_available()
 _NO_CUDA_REASON = "needs a CUDA device and an arseg_ops build with CUDA kernels"
@@ -28,6 +28,14 @@ def poison():
     """Fill every op output with NaN before its kernel writes it, so unwritten elements fail comparisons."""
     with poison_outputs():
         yield
+
+
+@pytest.fixture(params=["default", "experimental"])
+def warp_kernels(request):
+    """Runs a test once with the verified mv_warp kernels and once with the opt-in v2 kernels (CUDA only; the CPU
+    has one set of kernels and ignores the switch)."""
+    with experimental_kernels(*(["mv_warp"] if request.param == "experimental" else [])):
+        yield request.param
 
 
 @pytest.fixture(autouse=True)

@@ -196,7 +196,7 @@ def test_local_attn_opcheck_and_compile():
     torch.testing.assert_close(compiled(q, k, v), arseg_ops.local_attn(q, k, v, 5, scale=0.5))
 
 
-# ---- mv_warp ----
+# ---- mv_warp (each test runs the default kernels and the opt-in v2 kernels: the `warp_kernels` fixture) ----
 
 WARP_SHAPES = [  # N, C, H, W, Hb, Wb: blocks that do not divide the image, more blocks than pixels, 1x1
     (1, 1, 1, 1, 1, 1),
@@ -235,7 +235,7 @@ def warp_with_float64_reference(feature, mv, kw):
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("shape", WARP_SHAPES, ids=str)
-def test_mv_warp_forward_backward_match_float64(shape, mode, padding_mode, dtype, poison):
+def test_mv_warp_forward_backward_match_float64(shape, mode, padding_mode, dtype, poison, warp_kernels):
     feature, mv = warp_inputs(*shape, dtype, grad=True)
     kw = dict(scale=(0.75, 1.25), mode=mode, padding_mode=padding_mode)
     out, grads, ref, ref_grads, dout = warp_with_float64_reference(feature, mv, kw)
@@ -252,7 +252,7 @@ def test_mv_warp_forward_backward_match_float64(shape, mode, padding_mode, dtype
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-def test_mv_warp_low_precision(padding_mode, mode, dtype, poison):
+def test_mv_warp_low_precision(padding_mode, mode, dtype, poison, warp_kernels):
     feature, mv = warp_inputs(2, 16, 21, 37, 5, 9, dtype, grad=True)
     kw = dict(scale=(1.0, 0.5), mode=mode, padding_mode=padding_mode)
     out, grads, ref, ref_grads, dout = warp_with_float64_reference(feature, mv, kw)
@@ -268,7 +268,7 @@ def test_mv_warp_low_precision(padding_mode, mode, dtype, poison):
 
 
 @cuda_test
-def test_mv_warp_non_finite_motion_samples_nothing(poison):
+def test_mv_warp_non_finite_motion_samples_nothing(poison, warp_kernels):
     feature = rand(1, 3, 4, 5)
     mv = torch.zeros(1, 2, 2, 2, device="cuda")
     mv[0, 0, 0, 0] = float("nan")
@@ -279,7 +279,7 @@ def test_mv_warp_non_finite_motion_samples_nothing(poison):
 
 
 @cuda_test
-def test_mv_warp_gradcheck_opcheck_compile():
+def test_mv_warp_gradcheck_opcheck_compile(warp_kernels):
     feature, mv = warp_inputs(1, 2, 5, 6, 2, 3, torch.float64, grad=True)
     mv = (mv.detach() + 0.37).requires_grad_()  # keep samples off the integer grid (kinks)
     assert torch.autograd.gradcheck(lambda f, m: arseg_ops.mv_warp(f, m, scale=0.5), (feature, mv))
@@ -291,7 +291,7 @@ def test_mv_warp_gradcheck_opcheck_compile():
 
 
 @cuda_test
-def test_mv_warp_cuda_matches_cpu():
+def test_mv_warp_cuda_matches_cpu(warp_kernels):
     feature, mv = warp_inputs(3, 7, 15, 22, 4, 6, torch.float32, grad=True)
     out = arseg_ops.mv_warp(feature, mv, scale=0.8)
     dout = torch.randn_like(out)
