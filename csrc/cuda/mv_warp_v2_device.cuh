@@ -17,11 +17,18 @@ constexpr int kThreads = 256;
 __device__ __forceinline__ float coord(float x, float s, float d) { return __fadd_rn(x, __fmul_rn(s, d)); }
 __device__ __forceinline__ double coord(double x, double s, double d) { return __dadd_rn(x, __dmul_rn(s, d)); }
 
+// block_of (floor(y * blocks / size)) in 32-bit arithmetic when y * blocks cannot overflow it: the same integer,
+// without a 64-bit division (a slow subroutine call on the GPU).
+__device__ __forceinline__ int64_t block_of_fast(int y, int64_t size, int64_t blocks) {
+  if (size * blocks <= INT_MAX) return (y * static_cast<int>(blocks)) / static_cast<int>(size);
+  return block_of(y, size, blocks);
+}
+
 // Sample coordinate of output pixel (n, y, x): its block's motion vector, scaled, added to (x, y).
 template <typename T, typename acc_t>
 __device__ __forceinline__ void sample_coord(const MvWarpParams& p, const T* __restrict__ mv, int64_t n, int y, int x,
                                              acc_t& xs, acc_t& ys) {
-  const int64_t by = block_of(y, p.H, p.Hb), bx = block_of(x, p.W, p.Wb);
+  const int64_t by = block_of_fast(y, p.H, p.Hb), bx = block_of_fast(x, p.W, p.Wb);
   const T* m = mv + (n * 2 * p.Hb + by) * p.Wb + bx;  // channel 0 (dx); dy is one block plane further
   xs = coord(static_cast<acc_t>(x), static_cast<acc_t>(p.scale_x), to_acc(m[0]));
   ys = coord(static_cast<acc_t>(y), static_cast<acc_t>(p.scale_y), to_acc(m[p.Hb * p.Wb]));
