@@ -9,8 +9,9 @@ FlexAttention.
 import pytest
 import torch
 
-from arseg_ops import reference
+from arseg_ops import bench, reference
 from arseg_ops.bench import peers
+from arseg_ops.cli import bench_peers
 
 pytestmark = pytest.mark.skipif(not peers.flex_available(), reason="torch.nn.attention.flex_attention unavailable")
 
@@ -73,3 +74,15 @@ def test_flex_attention_with_the_mask_is_local_attn_exclude(grid):
     got = peers.from_sequence(out, height, width)
     expected = reference.local_attn(q, k, v, kernel_size, scale=0.5, padding="exclude")
     torch.testing.assert_close(got, expected)
+
+
+def test_peers_table_reports_skipped_cases_and_roofline():
+    """`arseg bench --peers`: a peer that cannot run (Flex backward on CPU) is a row saying why, not a crash."""
+    case = bench.Case("local_attn", "fused", "forward_backward", (8, 8), 4, 3, device="cpu")
+    timed = dict(median_s=2e-3, iqr_s=1e-4, peak_extra_bytes=1e6)
+    results = {"flex": {"skipped": "FlexAttention has no CPU backward"}, "fused": timed,
+               "compiled_reference": dict(timed, median_s=6e-3)}
+    headers, rows = bench_peers.table([(case, results)])
+    assert [r[1] for r in rows] == [bench_peers.NAMES[i] for i in ("fused", "flex", "compiled_reference")]
+    assert "skipped: FlexAttention has no CPU backward" in rows[1][2]
+    assert rows[2][3] == "3.00x" and rows[0][4].endswith("%")

@@ -10,10 +10,10 @@ NAMES = {
 
 
 def describe(device):
-    return ("Peers of local_attn (same inputs, rounds interleaved). Roofline: compulsory traffic / %.1f TB/s (%s). "
+    return ("Peers of local_attn (same inputs, rounds interleaved). Roofline: compulsory traffic / %.0f GB/s (%s). "
             "FlexAttention computes padding='exclude' (same work); its layout conversions are listed on their own "
             "line. FlexAttention has no CPU backward: that row says skipped."
-            % (bench.peak_bandwidth(device) / 1e12,
+            % (bench.peak_bandwidth(device) / 1e9,
                "H100 copy bandwidth" if device.startswith("cuda") else "this CPU's measured copy bandwidth"))
 
 
@@ -24,9 +24,10 @@ def _ms(r):
 def table(peer_results):
     """(headers, rows) with one row per (pass, implementation)."""
     rows = []
+    order = list(NAMES)
     for case, res in peer_results:
         fused = res.get("fused", {})
-        for impl, r in res.items():
+        for impl, r in sorted(res.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
             c = case.replace(impl=impl)
             roof = bench.roofline_seconds(c)
             timed = "median_s" in r
