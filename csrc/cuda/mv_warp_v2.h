@@ -26,8 +26,8 @@ namespace cuda {
 // Memory layout of feature / out / grad tensors (mv and grad_mv are always contiguous (N, 2, Hb, Wb)).
 enum class Layout : int { NCHW = 0, NHWC = 1 };
 
-// True when the v2 kernels can run `p` in `layout`: in-plane offsets (H*W, and H*W*C for NHWC) and C fit in
-// 32 bits. Otherwise the glue uses the v1 kernels.
+// True when the v2 kernels can run `p` in `layout`: in-plane offsets (H*W, and H*W*C for NHWC), C, H*Hb and
+// W*Wb fit in 32 bits. Otherwise the glue uses the v1 kernels.
 bool mv_warp_v2_supports(const MvWarpParams& p, Layout layout);
 
 template <typename T>

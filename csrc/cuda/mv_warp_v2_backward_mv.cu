@@ -39,8 +39,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t P = p.N * HW;
   const int slice = static_cast<int>(blockIdx.y), c0 = slice * chunk, c1 = min(c0 + chunk, C);
   for (int64_t n = blockIdx.z; n < p.N; n += gridDim.z) {
-    for (int64_t q = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; q < HW;
-         q += static_cast<int64_t>(gridDim.x) * kThreads) {
+    grid_stride_loop(HW, [&](int64_t q) {
       const int pix = static_cast<int>(q), y = pix / W;
       Taps<acc_t> t;
       pixel_taps(p, mv, n, y, pix - y * W, t);
@@ -61,7 +60,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       ws[(2 * slice) * P + n * HW + pix] = gx;
       ws[(2 * slice + 1) * P + n * HW + pix] = gy;
-    }
+    });
   }
 }
 

@@ -17,11 +17,11 @@ constexpr int kThreads = 256;
 __device__ __forceinline__ float coord(float x, float s, float d) { return __fadd_rn(x, __fmul_rn(s, d)); }
 __device__ __forceinline__ double coord(double x, double s, double d) { return __dadd_rn(x, __dmul_rn(s, d)); }
 
-// block_of (floor(y * blocks / size)) in 32-bit arithmetic when y * blocks cannot overflow it: the same integer,
-// without a 64-bit division (a slow subroutine call on the GPU).
+// block_of (floor(y * blocks / size)) in 32-bit arithmetic: the same integer without a 64-bit division (a
+// subroutine call on the GPU whose calling convention costs register spills). mv_warp_v2_supports guarantees
+// size * blocks < 2^31.
 __device__ __forceinline__ int64_t block_of_fast(int y, int64_t size, int64_t blocks) {
-  if (size * blocks <= INT_MAX) return (y * static_cast<int>(blocks)) / static_cast<int>(size);
-  return block_of(y, size, blocks);
+  return (y * static_cast<int>(blocks)) / static_cast<int>(size);
 }
 
 // Sample coordinate of output pixel (n, y, x): its block's motion vector, scaled, added to (x, y).

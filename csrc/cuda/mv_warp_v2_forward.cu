@@ -24,8 +24,7 @@ __global__ void __launch_bounds__(kThreads)
   const int row_groups = W / V, groups = HW / V;  // V divides W (launcher), so a group never spans two rows
   const int c0 = static_cast<int>(blockIdx.y) * chunk, c1 = min(c0 + chunk, C);
   for (int64_t n = blockIdx.z; n < p.N; n += gridDim.z) {
-    for (int64_t g = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; g < groups;
-         g += static_cast<int64_t>(gridDim.x) * kThreads) {
+    grid_stride_loop(groups, [&](int64_t g) {
       const int y = static_cast<int>(g) / row_groups, x0 = (static_cast<int>(g) - y * row_groups) * V;
       int idx[V][NT];
       acc_t w[V][NT];
@@ -53,7 +52,7 @@ __global__ void __launch_bounds__(kThreads)
         }
         store_pack<V>(dst, o);
       }
-    }
+    });
   }
 }
 
@@ -161,7 +160,8 @@ bool mv_warp_v2_supports(const MvWarpParams& p, Layout layout) {
   const int64_t plane = p.H * p.W;
   const int64_t in_image = layout == Layout::NHWC ? plane * p.C : plane;
   // + kThreads: tile and group indices may run one tile past the end before their bounds checks.
-  return p.C <= INT_MAX && plane <= INT_MAX - v2::kThreads && in_image <= INT_MAX - v2::kThreads;
+  return p.C <= INT_MAX && plane <= INT_MAX - v2::kThreads && in_image <= INT_MAX - v2::kThreads &&
+         p.H * p.Hb <= INT_MAX && p.W * p.Wb <= INT_MAX;  // block lookups in 32 bits (block_of_fast)
 }
 
 template <typename T>
