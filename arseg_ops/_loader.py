@@ -69,6 +69,13 @@ def _current_experimental_kernels(module):
     return names
 
 
+def experimental_kernel(name):
+    """True when the opt-in kernels of family `name` are switched on: the same test as arseg::experimental_kernel in
+    C++ (the setting is a comma-separated list of names, or "all")."""
+    items = _current_experimental_kernels(load_library()).split(",")
+    return "all" in items or name in items
+
+
 class experimental_kernels:
     """Context manager: opt in to kernels that no GPU run has verified yet, e.g. experimental_kernels("local_attn").
 

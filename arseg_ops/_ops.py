@@ -6,6 +6,7 @@ backward ops, which are dispatcher ops themselves.
 """
 import torch
 
+from ._loader import experimental_kernel
 from ._validate import check_local_attn, check_mv_warp, warp_scale
 
 _ops = torch.ops.arseg_ops
@@ -39,16 +40,33 @@ def local_attn(query, key, value, kernel_size=7, *, scale=1.0, padding="zeros"):
 # ---- fake kernels: validate like the real ones and describe the outputs (shape, dtype, memory format) ----
 
 
+def _mv_warp_output_is_channels_last(t):
+    """Memory format of mv_warp's output (for input `t`) and of mv_warp_backward_feature's (for grad_output `t`).
+
+    The opt-in v2 CUDA kernels (experimental_kernels("mv_warp")) keep a strictly channels_last tensor's layout
+    (channels_last and not also NCHW-contiguous, as C == 1 or H == W == 1 tensors are); every other path (CPU,
+    the default CUDA kernels) returns contiguous NCHW. csrc/cuda/mv_warp_cuda.cpp follows the same rule: keep the
+    two in step. Fake kernels read the switch when torch.compile traces, so switch kernels before compiling.
+    """
+    return (t.device.type == "cuda" and t.dim() == 4 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last) and experimental_kernel("mv_warp"))
+
+
+def _new_warp_output(t):
+    fmt = torch.channels_last if _mv_warp_output_is_channels_last(t) else torch.contiguous_format
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt)
+
+
 @torch.library.register_fake("arseg_ops::mv_warp")
 def _mv_warp_fake(feature, mv, scale_x=1.0, scale_y=1.0, mode="bilinear", padding_mode="zeros"):
     check_mv_warp(feature, mv, mode, padding_mode)
-    return feature.new_empty(feature.shape)
+    return _new_warp_output(feature)
 
 
 @torch.library.register_fake("arseg_ops::mv_warp_backward_feature")
 def _mv_warp_backward_feature_fake(grad_output, mv, scale_x, scale_y, mode, padding_mode):
     check_mv_warp(grad_output, mv, mode, padding_mode, op="mv_warp_backward_feature")
-    return grad_output.new_empty(grad_output.shape)
+    return _new_warp_output(grad_output)
 
 
 @torch.library.register_fake("arseg_ops::mv_warp_backward_mv")
@@ -98,7 +116,8 @@ def _mv_warp_setup_context(ctx, inputs, output):
 
 def _mv_warp_backward(ctx, grad):
     feature, mv = ctx.saved_tensors
-    grad = grad.contiguous()
+    if not _mv_warp_output_is_channels_last(grad):  # the v2 CUDA kernels take channels_last gradients as they are
+        grad = grad.contiguous()
     grad_feature = _ops.mv_warp_backward_feature(grad, mv, *ctx.args) if ctx.needs_input_grad[0] else None
     grad_mv = _ops.mv_warp_backward_mv(grad, feature, mv, *ctx.args) if ctx.needs_input_grad[1] else None
     return grad_feature, grad_mv, None, None, None, None

@@ -30,14 +30,25 @@ def poison():
         yield
 
 
+def _kernel_set(request, name):
+    names = (name,) if request.param == "experimental" else ()
+    with experimental_kernels(*names):
+        yield request.param
+
+
 @pytest.fixture(params=["default", "experimental"])
 def attn_kernels(request):
     """Run a local_attn test twice: with the verified kernels only (whatever ARSEG_EXPERIMENTAL_KERNELS says), and
     with the experimental local_attn kernels switched on (they fall back to the verified ones where they do not
     apply: CPU, float64, large K)."""
-    names = ("local_attn",) if request.param == "experimental" else ()
-    with experimental_kernels(*names):
-        yield request.param
+    yield from _kernel_set(request, "local_attn")
+
+
+@pytest.fixture(params=["default", "experimental"])
+def warp_kernels(request):
+    """Run an mv_warp test with the verified kernels and with the opt-in v2 kernels (CUDA only; the CPU has one set
+    of kernels and ignores the switch)."""
+    yield from _kernel_set(request, "mv_warp")
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import arseg_ops
 from arseg_ops import models, reference
 
+from . import peers
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 PASSES = ("forward", "forward_backward")  # what `arseg bench` reports
 ALL_PASSES = PASSES + ("backward",)  # backward: gradients through a graph built once, at build time
@@ -108,16 +110,49 @@ def _forward_or_backward(case, fn, inputs, grad_inputs, out_shape, gen):
     return run
 
 
+# Peers of the fused local_attn (arseg_ops/bench/peers.py): FlexAttention timed in its own (B, 1, H*W, C) layout
+# (padding "exclude": pixels outside the image are not in its sequence; the same work as "zeros"), the NCHW <->
+# (B, 1, H*W, C) conversions Flex needs around it (q, k, v in and out back; for forward_backward also dout in
+# and dq, dk, dv back), and torch.compile of the unfold reference.
+LOCAL_ATTN_PEERS = ("flex", "flex_layout", "compiled_reference")
+
+
 def _build_local_attn(case, gen):
     fns = {"fused": arseg_ops.local_attn, "reference": reference.local_attn}
-    if case.impl not in fns:
-        raise ValueError("local_attn impl must be one of %s, got %r" % (sorted(fns), case.impl))
+    if case.impl not in fns and case.impl not in LOCAL_ATTN_PEERS:
+        raise ValueError("local_attn impl must be one of %s, got %r" % (sorted(fns) + list(LOCAL_ATTN_PEERS),
+                                                                       case.impl))
     grad = case.pass_ != "forward"
     shape = (case.batch, case.channels) + case.size
     # std C**-0.25 keeps the logits ~N(0, 1), as in a trained network (no denormal-heavy softmax tails).
     q, k, v = (_randn(case, gen, shape, case.channels ** -0.25, grad) for _ in range(3))
+    if case.impl in LOCAL_ATTN_PEERS:
+        return _build_local_attn_peer(case, gen, q, k, v)
     fn = fns[case.impl]
     return _forward_or_backward(case, lambda q, k, v: fn(q, k, v, case.kernel_size), (q, k, v), (q, k, v), v.shape, gen)
+
+
+def _build_local_attn_peer(case, gen, q, k, v):
+    if case.impl == "compiled_reference":
+        fn = peers.compiled_reference_local_attn(case.kernel_size)
+        return _forward_or_backward(case, fn, (q, k, v), (q, k, v), v.shape, gen)
+    if not peers.flex_available():
+        raise NotImplementedError("torch %s has no FlexAttention" % torch.__version__)
+    h, w = case.size
+    if case.impl == "flex_layout":
+        backward = case.pass_ != "forward"
+        ins = [t.detach() for t in (q, k, v)] + ([v.detach()] if backward else [])  # q, k, v (and dout) in
+        outs = [peers.to_sequence(v.detach())] * (4 if backward else 1)  # out (and dq, dk, dv) back
+
+        def convert():
+            return [peers.to_sequence(t) for t in ins] + [peers.from_sequence(t, h, w) for t in outs]
+        return convert
+    if case.device == "cpu" and case.pass_ != "forward":
+        raise NotImplementedError("FlexAttention has no CPU backward (forward only on CPU)")
+    grad = case.pass_ != "forward"
+    fq, fk, fv = (peers.to_sequence(t.detach()).requires_grad_(grad) for t in (q, k, v))
+    mask = peers.neighbourhood_block_mask(h, w, case.kernel_size, device=case.device)
+    return _forward_or_backward(case, peers.flex_local_attn(mask), (fq, fk, fv), (fq, fk, fv), fv.shape, gen)
 
 
 def _block_motion(case, gen):

@@ -6,7 +6,7 @@ import time
 import torch
 
 from .. import bench
-from . import common
+from . import bench_peers, common
 
 IMPLS = ("fused", "reference")
 MIN_ROUNDS = 5
@@ -25,13 +25,13 @@ def _runnable(case):
         return None, str(exc).strip().splitlines()[0]
 
 
-def measure_pair(case, probe, min_time, max_time, progress):
-    """{impl: result} for the fused and reference versions of `case`, their rounds interleaved so that both see
-    the same machine state. A result has the time summary (bench.summarize_times) and peak_extra_bytes, or
-    'skipped' with the reason."""
-    progress("  %s %s ..." % (case.op, case.pass_))
+def measure_pair(case, probe, min_time, max_time, progress, impls=IMPLS):
+    """{impl: result} for the fused and reference versions of `case` (or `impls`), their rounds interleaved so
+    that all see the same machine state. A result has the time summary (bench.summarize_times) and
+    peak_extra_bytes, or 'skipped' with the reason."""
+    progress("  %s %s %s ..." % (case.op, case.pass_, "/".join(impls)))
     results, runs = {}, {}
-    for impl in IMPLS:
+    for impl in impls:
         run, reason = _runnable(case.replace(impl=impl))
         if run is None:
             results[impl] = {"skipped": reason}
@@ -115,9 +115,20 @@ def run(args, parser):
                 case = bench.Case(op, "fused", pass_, size, args.channels, args.kernel_size, args.block,
                                   args.dtype, device)
                 results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress)))
+        peer_results = []
+        if args.peers:
+            for pass_ in bench.PASSES:
+                case = bench.Case("local_attn", "fused", pass_, size, args.channels, args.kernel_size,
+                                  dtype=args.dtype, device=device)
+                peer_results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress,
+                                                        ("fused",) + bench.LOCAL_ATTN_PEERS)))
     headers, rows, notes = table(results, cuda)
     print()
     print(common.format_table(headers, rows))
+    if peer_results:
+        print()
+        print(bench_peers.describe(device))
+        print(common.format_table(*bench_peers.table(peer_results)))
     print("\nTimes: median (interquartile range) in ms over the timed rounds (fused/reference), after one untimed "
           "warm-up call; fused and reference rounds alternate. Peak MB = peak memory above the inputs during one "
           "call (%s). forward_backward differentiates q, k, v (local_attn) and the feature (mv_warp; codec motion "
@@ -132,8 +143,8 @@ def run(args, parser):
         record = {"device": device, "device_name": where, "dtype": args.dtype, "size": list(size),
                   "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "cases": [dict(case.replace(impl=impl).to_dict(), **r,
-                                 min_traffic_bytes=bench.min_traffic_bytes(case))
-                            for case, res in results for impl, r in res.items()]}
+                                 min_traffic_bytes=bench.min_traffic_bytes(case.replace(impl=impl)))
+                            for case, res in results + peer_results for impl, r in res.items()]}
         with open(args.json, "w") as f:
             json.dump(record, f, indent=1)
         print("wrote " + args.json)
@@ -155,6 +166,9 @@ def register(sub):
                    help="seconds to spend timing each case, at least %d rounds (default 1)" % MIN_ROUNDS)
     p.add_argument("--max-time", type=common.nonnegative_float, default=5.0,
                    help="slow cases stop after 3 timed calls once this many seconds are spent (default 5)")
+    p.add_argument("--peers", action="store_true",
+                   help="also time local_attn's peers side by side with it: FlexAttention (own layout, and its "
+                        "layout conversion) and torch.compile(reference); slow: each is compiled first")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.set_defaults(func=run)
     return p
