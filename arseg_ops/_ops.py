@@ -165,7 +165,19 @@ def _creff_setup_context(ctx, inputs, output):
 def _depthwise_backward(grad, x, weight, mask):
     """(d input, d weight, d bias) of conv2d(x, weight, bias, padding=1, groups=C) for a (C, 1, 3, 3) weight."""
     C = x.shape[1]
-    return torch.ops.aten.convolution_backward(grad, x, weight, [C], [1, 1], [1, 1], [1, 1], False, [0, 0], C, mask)
+    return torch.ops.aten.convolution_backward.default(grad, x, weight, [C], [1, 1], [1, 1], [1, 1], False, [0, 0], C, mask)
+
+
+def _align_corners_matrix(out_size, in_size, like):
+    """(out_size, in_size) matrix of a 1-D linear resize with align_corners=True (rows sum to 1)."""
+    dst = torch.arange(out_size, device=like.device, dtype=torch.float64)
+    src = dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else dst * 0
+    i0 = src.floor().clamp(max=in_size - 1)
+    l1 = (src - i0).to(like.dtype)
+    i0 = i0.long()
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    cols = torch.arange(in_size, device=like.device).view(1, in_size)
+    return (cols == i0.view(-1, 1)) * (1 - l1).view(-1, 1) + (cols == i1.view(-1, 1)) * l1.view(-1, 1)
 
 
 def _creff_backward(ctx, grad):
@@ -197,10 +209,11 @@ def _creff_backward(ctx, grad):
             grad_mv = _ops.mv_warp_backward_mv(d_hr, key_feature, mv, sx, sy, "bilinear", "zeros")
     if need_lr:
         d_lr_up = grad + d_lr_up  # the residual add
-        if tuple(lr_feature.shape[-2:]) == (H, W):
-            grad_lr = d_lr_up
-        else:
-            grad_lr = torch.ops.aten.upsample_bilinear2d_backward(d_lr_up, [H, W], list(lr_feature.shape), True)
+        # The resize is lr_up = A_y lr A_x^T with (H, h) and (W, w) interpolation matrices, so its backward is
+        # A_y^T d_lr_up A_x (aten's upsample_bilinear2d_backward does not trace with dynamic shapes).
+        a_y = _align_corners_matrix(H, lr_feature.shape[2], grad)
+        a_x = _align_corners_matrix(W, lr_feature.shape[3], grad)
+        grad_lr = torch.matmul(torch.matmul(a_y.t(), d_lr_up), a_x)
     if need_w:
         grad_w = torch.stack((dw_q, dw_k, dw_v))
     if need_b:

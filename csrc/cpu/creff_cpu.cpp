@@ -263,7 +263,10 @@ void creff_kernel(const CreffData<scalar_t, at::opmath_type<scalar_t>>& d) {
   const CreffParams& p = d.p;
   const TileShape t = choose_tile(p, cpu::VecOf<acc_t>::lanes, sizeof(acc_t));
   const int64_t bands = (p.H + t.rows - 1) / t.rows, tiles = (p.W + t.cols - 1) / t.cols;
-  at::parallel_for(0, p.N * bands * tiles, 1, [&](int64_t begin, int64_t end) {
+  // Small calls run on the calling thread: waking the pool costs more than they take.
+  const int64_t tasks = p.N * bands * tiles;
+  const int64_t grain = p.N * p.C * p.H * p.W < (int64_t(1) << 16) ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     Scratch<acc_t> s(t, p.C, p.kernel_size);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (bands * tiles), b = (task / tiles) % bands, x = task % tiles;
