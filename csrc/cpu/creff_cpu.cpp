@@ -22,6 +22,7 @@
 
 #include "../creff_math.h"
 #include "../op_common.h"
+#include "../static_switch.h"
 #include "band_attention.h"
 
 namespace arseg {
@@ -302,13 +303,7 @@ at::Tensor creff_cpu(const at::Tensor& key_feature, const at::Tensor& mv, const 
                                        b.const_data_ptr<acc_t>(),
                                        out.mutable_data_ptr<scalar_t>(),
                                        strides_of(out)};
-    switch (p.kernel_size) {
-      case 1: creff_kernel<1>(d); break;
-      case 3: creff_kernel<3>(d); break;
-      case 5: creff_kernel<5>(d); break;
-      case 7: creff_kernel<7>(d); break;
-      default: creff_kernel<0>(d); break;
-    }
+    ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] { creff_kernel<K>(d); });
   });
   return out;
 }
