@@ -11,15 +11,6 @@ from .arseg import build_networks
 from .frames import lr_size, warp_to_frame
 from .pspnet import PSPModule
 
-@register_flop_formula(_ops.creff)
-def _creff_flop(key_shape, mv_shape, lr_shape, weight_shape, bias_shape, kernel_size=7, *args, out_shape=None,
-                **kwargs):
-    # Counted as the unfused chain is: three depthwise 3x3 convs (9 MACs per element each, as torch's conv
-    # formula) and the attention. The fused op's warp is left out like mv_warp in count_gmacs' default (the
-    # paper's accounting); the resize is not counted on either path.
-    return 2 * (3 * 9 * _numel(key_shape) + _local_attn_macs(key_shape, key_shape, kernel_size))
-
-
 def _gmacs(fn):
     counter = FlopCounterMode(display=False)
     with counter:
