@@ -91,3 +91,15 @@ def _mv_warp_backward_mv_flop(grad_shape, feature_shape, mv_shape, scale_x, scal
                               out_shape=None, **kwargs):
     # d/dx and d/dy of the 4-tap interpolation: two 4-tap sums per element.
     return 4 * mv_warp_macs(feature_shape, mode)
+
+
+# ---- creff ----
+
+
+@register_flop_formula(torch.ops.arseg_ops.creff)
+def _creff_flop(key_shape, mv_shape, lr_shape, weight_shape, bias_shape, kernel_size=7, *args, out_shape=None,
+                **kwargs):
+    # Counted as the unfused chain is: three depthwise 3x3 convs (9 MACs per element each, as torch's conv
+    # formula) and the attention. The warp is left out like mv_warp in count_gmacs' default (the paper's
+    # accounting); the resize is counted on neither path.
+    return 2 * (27 * _numel(key_shape) + local_attn_macs(key_shape, key_shape[1], kernel_size))

@@ -5,9 +5,10 @@ torch.compile: fake kernels give output shapes without running, and the backward
 backward ops, which are dispatcher ops themselves.
 """
 import torch
+import torch.nn.functional as F
 
 from ._loader import experimental_kernel
-from ._validate import check_local_attn, check_mv_warp, warp_scale
+from ._validate import check_creff, check_local_attn, check_mv_warp, creff_channels_last, warp_scale
 
 _ops = torch.ops.arseg_ops
 
@@ -143,3 +144,100 @@ torch.library.register_autograd(
 
 # Second order: autograd of the backward ops (differentiates the reference's first-order gradient).
 from . import _double_backward  # noqa: E402,F401  (registers on import)
+
+
+# ==== creff: fused CReFF (mv_warp + resize + three depthwise convs + local_attn + add in one kernel) ====
+
+
+def creff(key_feature, mv, lr_feature, weight, bias, *, kernel_size=7, scale=1.0, mv_scale=1.0):
+    """AR-Seg's cross-resolution feature fusion in one op, from the keyframe feature to the fused feature:
+
+        hr = mv_warp(key_feature, mv, scale=mv_scale, mode="bilinear", padding_mode="zeros")    # (N, C, H, W)
+        lr = bilinear resize of lr_feature (N, C, h, w) to (H, W), align_corners=True
+        q, k, v = depthwise 3x3 convs (zero padding 1) of lr, hr, hr with weight[0|1|2] (C, 1, 3, 3), bias[0|1|2]
+        out = lr + local_attn(q, k, v, kernel_size, scale=scale, padding="zeros")
+
+    weight (3, C, 1, 3, 3), bias (3, C); 1 <= h <= H, 1 <= w <= W; mv_scale a number or (sx, sy) as mv_warp's
+    scale. The forward kernel never writes hr, lr, q, k or v to memory. The output is channels_last when
+    key_feature is. Differentiable in key_feature, mv, lr_feature, weight and bias: the backward recomputes
+    hr, lr, q, k, v with the unfused ops (mv_warp, upsample, depthwise conv) and runs their backward ops.
+    """
+    check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale)
+    sx, sy = warp_scale(mv_scale, "creff", "mv_scale")
+    return _ops.creff(key_feature, mv, lr_feature, weight, bias, int(kernel_size), float(scale), sx, sy)
+
+
+@torch.library.register_fake("arseg_ops::creff")
+def _creff_fake(key_feature, mv, lr_feature, weight, bias, kernel_size=7, scale=1.0, mv_scale_x=1.0,
+                mv_scale_y=1.0):
+    check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale)
+    fmt = torch.channels_last if creff_channels_last(key_feature) else torch.contiguous_format
+    return key_feature.new_empty(key_feature.shape).contiguous(memory_format=fmt)
+
+
+def _creff_setup_context(ctx, inputs, output):
+    key_feature, mv, lr_feature, weight, bias, kernel_size, scale, sx, sy = inputs
+    ctx.args = (kernel_size, scale, sx, sy)
+    ctx.save_for_backward(key_feature, mv, lr_feature, weight, bias)
+
+
+def _depthwise_backward(grad, x, weight, mask):
+    """(d input, d weight, d bias) of conv2d(x, weight, bias, padding=1, groups=C) for a (C, 1, 3, 3) weight."""
+    C = x.shape[1]
+    return torch.ops.aten.convolution_backward.default(grad, x, weight, [C], [1, 1], [1, 1], [1, 1], False, [0, 0], C, mask)
+
+
+def _align_corners_matrix(out_size, in_size, like):
+    """(out_size, in_size) matrix of a 1-D linear resize with align_corners=True (rows sum to 1)."""
+    dst = torch.arange(out_size, device=like.device, dtype=torch.float64)
+    src = dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else dst * 0
+    i0 = src.floor().clamp(max=in_size - 1)
+    l1 = (src - i0).to(like.dtype)
+    i0 = i0.long()
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    cols = torch.arange(in_size, device=like.device).view(1, in_size)
+    return (cols == i0.view(-1, 1)) * (1 - l1).view(-1, 1) + (cols == i1.view(-1, 1)) * l1.view(-1, 1)
+
+
+def _creff_backward(ctx, grad):
+    key_feature, mv, lr_feature, weight, bias = ctx.saved_tensors
+    kernel_size, scale, sx, sy = ctx.args
+    need_key, need_mv, need_lr, need_w, need_b = ctx.needs_input_grad[:5]
+    N, C, H, W = key_feature.shape
+    if N == 0 or C == 0:
+        grads = [torch.zeros_like(t) if need else None
+                 for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:5])]
+        return tuple(grads) + (None,) * 4
+    # Recompute the intermediates the fused forward never stored, with the unfused ops.
+    hr = _ops.mv_warp(key_feature, mv, sx, sy, "bilinear", "zeros")
+    lr_up = F.interpolate(lr_feature, size=(H, W), mode="bilinear", align_corners=True)
+    q, k, v = (F.conv2d(x, weight[i], bias[i], padding=1, groups=C).contiguous()
+               for i, x in enumerate((lr_up, hr, hr)))
+    grad = grad.contiguous()
+    dq, dk, dv = _ops.local_attn_backward(grad, q, k, v, kernel_size, scale, "zeros")
+    need_hr = need_key or need_mv
+    d_lr_up, dw_q, db_q = _depthwise_backward(dq, lr_up, weight[0], [need_lr, need_w, need_b])
+    d_hr_k, dw_k, db_k = _depthwise_backward(dk, hr, weight[1], [need_hr, need_w, need_b])
+    d_hr_v, dw_v, db_v = _depthwise_backward(dv, hr, weight[2], [need_hr, need_w, need_b])
+    grad_key = grad_mv = grad_lr = grad_w = grad_b = None
+    if need_hr:
+        d_hr = (d_hr_k + d_hr_v).contiguous()
+        if need_key:
+            grad_key = _ops.mv_warp_backward_feature(d_hr, mv, sx, sy, "bilinear", "zeros")
+        if need_mv:
+            grad_mv = _ops.mv_warp_backward_mv(d_hr, key_feature, mv, sx, sy, "bilinear", "zeros")
+    if need_lr:
+        d_lr_up = grad + d_lr_up  # the residual add
+        # The resize is lr_up = A_y lr A_x^T with (H, h) and (W, w) interpolation matrices, so its backward is
+        # A_y^T d_lr_up A_x (aten's upsample_bilinear2d_backward does not trace with dynamic shapes).
+        a_y = _align_corners_matrix(H, lr_feature.shape[2], grad)
+        a_x = _align_corners_matrix(W, lr_feature.shape[3], grad)
+        grad_lr = torch.matmul(torch.matmul(a_y.t(), d_lr_up), a_x)
+    if need_w:
+        grad_w = torch.stack((dw_q, dw_k, dw_v))
+    if need_b:
+        grad_b = torch.stack((db_q, db_k, db_v))
+    return grad_key, grad_mv, grad_lr, grad_w, grad_b, None, None, None, None
+
+
+torch.library.register_autograd("arseg_ops::creff", _creff_backward, setup_context=_creff_setup_context)

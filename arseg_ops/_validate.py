@@ -54,13 +54,13 @@ def _number(op, name, value):
     return value
 
 
-def warp_scale(scale):
+def warp_scale(scale, op="mv_warp", name="scale"):
     """`scale` as (sx, sy): a number applies to both axes, a pair gives them separately."""
     if isinstance(scale, (tuple, list)):
         if len(scale) != 2:
-            raise ValueError("mv_warp: argument 'scale' must be a number or a pair (sx, sy), got %r" % (scale,))
-        return _number("mv_warp", "scale", scale[0]), _number("mv_warp", "scale", scale[1])
-    s = _number("mv_warp", "scale", scale)
+            raise ValueError("%s: argument '%s' must be a number or a pair (sx, sy), got %r" % (op, name, scale))
+        return _number(op, name, scale[0]), _number(op, name, scale[1])
+    s = _number(op, name, scale)
     return s, s
 
 
@@ -82,6 +82,15 @@ def check_mv_warp(feature, mv, mode="bilinear", padding_mode="zeros", op="mv_war
     _choice(op, "padding_mode", padding_mode, WARP_PADDINGS)
 
 
+def _kernel_size(op, kernel_size):
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral):
+        raise TypeError("%s: argument 'kernel_size' must be an int, got %r" % (op, kernel_size))
+    if not (1 <= kernel_size <= MAX_KERNEL_SIZE and kernel_size % 2 == 1):
+        raise ValueError(
+            "%s: argument 'kernel_size' must be odd and in [1, %d], got %d" % (op, MAX_KERNEL_SIZE, kernel_size)
+        )
+
+
 def check_local_attn(query, key, value, kernel_size=7, scale=1.0, padding="zeros", op="local_attn"):
     for name, t in (("query", query), ("key", key), ("value", value)):
         _tensor(op, name, t)
@@ -98,11 +107,44 @@ def check_local_attn(query, key, value, kernel_size=7, scale=1.0, padding="zeros
         )
     _same_kind(op, "key", key, "query", query)
     _same_kind(op, "value", value, "query", query)
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral):
-        raise TypeError("%s: argument 'kernel_size' must be an int, got %r" % (op, kernel_size))
-    if not (1 <= kernel_size <= MAX_KERNEL_SIZE and kernel_size % 2 == 1):
-        raise ValueError(
-            "%s: argument 'kernel_size' must be odd and in [1, %d], got %d" % (op, MAX_KERNEL_SIZE, kernel_size)
-        )
+    _kernel_size(op, kernel_size)
     _number(op, "scale", scale)
     _choice(op, "padding", padding, ATTN_PADDINGS)
+
+
+def check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size=7, scale=1.0, op="creff"):
+    """creff: key_feature (N, C, H, W), mv (N, 2, Hb, Wb), lr_feature (N, C, h, w) with 1 <= h <= H and
+    1 <= w <= W, weight (3, C, 1, 3, 3), bias (3, C); one dtype and device for all."""
+    names = ("key_feature", "mv", "lr_feature", "weight", "bias")
+    tensors = (key_feature, mv, lr_feature, weight, bias)
+    for name, t in zip(names, tensors):
+        _tensor(op, name, t)
+    _rank4(op, "key_feature", key_feature, "(N, C, H, W)")
+    _rank4(op, "mv", mv, "(N, 2, Hb, Wb)")
+    _rank4(op, "lr_feature", lr_feature, "(N, C, h, w)")
+    N, C, H, W = key_feature.shape
+    if mv.shape[0] != N or mv.shape[1] != 2 or mv.shape[2] < 1 or mv.shape[3] < 1:
+        raise ValueError("%s: argument 'mv' must be (N, 2, Hb, Wb) with N=%d and a block grid of at least 1x1, got %s"
+                         % (op, N, tuple(mv.shape)))
+    if lr_feature.shape[0] != N or lr_feature.shape[1] != C:
+        raise ValueError("%s: argument 'lr_feature' must have N=%d and C=%d of 'key_feature' %s, got %s"
+                         % (op, N, C, tuple(key_feature.shape), tuple(lr_feature.shape)))
+    h, w = lr_feature.shape[2:]
+    if H < 1 or W < 1 or not (1 <= h <= H and 1 <= w <= W):
+        raise ValueError("%s: argument 'lr_feature' must be (N, C, h, w) with 1 <= h <= H=%d and 1 <= w <= W=%d "
+                         "(it is resized up to key_feature's size), got %s" % (op, H, W, tuple(lr_feature.shape)))
+    if tuple(weight.shape) != (3, C, 1, 3, 3):
+        raise ValueError("%s: argument 'weight' must be (3, C, 1, 3, 3) = %s (the query, key and value depthwise "
+                         "3x3 convs), got %s" % (op, (3, C, 1, 3, 3), tuple(weight.shape)))
+    if tuple(bias.shape) != (3, C):
+        raise ValueError("%s: argument 'bias' must be (3, C) = %s, got %s" % (op, (3, C), tuple(bias.shape)))
+    for name, t in zip(names[1:], tensors[1:]):
+        _same_kind(op, name, t, "key_feature", key_feature)
+    _kernel_size(op, kernel_size)
+    _number(op, "scale", scale)
+
+
+def creff_channels_last(key_feature):
+    """The layout rule of creff's output: channels_last when key_feature is channels_last (and not also
+    contiguous, as for C == 1 or 1x1 images), else contiguous NCHW. The C++ kernel applies the same rule."""
+    return (not key_feature.is_contiguous()) and key_feature.is_contiguous(memory_format=torch.channels_last)

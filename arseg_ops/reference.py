@@ -1,14 +1,15 @@
 """Pure-PyTorch versions of the arseg_ops kernels: the ground truth for tests and the baseline for benchmarks.
 
-Same signatures and semantics as arseg_ops.mv_warp / arseg_ops.local_attn, written the straightforward way:
+Same signatures and semantics as arseg_ops.mv_warp / local_attn / creff, written the straightforward way:
 mv_warp expands the block motion to a dense flow and gathers four taps; local_attn unfolds k*k copies of key
-and value (C*k*k*H*W elements each), which is exactly the memory the fused kernels avoid. Half-precision inputs
+and value (C*k*k*H*W elements each), which is exactly the memory the fused kernels avoid; creff is the unfused
+chain of the two plus a resize and three depthwise convs. Half-precision inputs
 are computed in float32 (as the kernels accumulate) and returned in their own dtype.
 """
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_local_attn, check_mv_warp, warp_scale
+from ._validate import check_creff, check_local_attn, check_mv_warp, creff_channels_last, warp_scale
 
 
 def _compute_dtype(dtype):
@@ -88,3 +89,22 @@ def local_attn(query, key, value, kernel_size=7, *, scale=1.0, padding="zeros"):
     v_unf = F.unfold(value, K, padding=K // 2).view(N, Cv, KK, H, W)
     out = (attn.unsqueeze(1) * v_unf).sum(2)
     return out.to(out_dtype)
+
+
+def creff(key_feature, mv, lr_feature, weight, bias, *, kernel_size=7, scale=1.0, mv_scale=1.0):
+    check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale)
+    warp_scale(mv_scale, "creff", "mv_scale")
+    out_dtype = key_feature.dtype
+    dtype = _compute_dtype(out_dtype)
+    key_feature, mv, lr_feature, weight, bias = (t.to(dtype) for t in (key_feature, mv, lr_feature, weight, bias))
+    C = key_feature.shape[1]
+    H, W = key_feature.shape[-2:]
+    hr = mv_warp(key_feature, mv, scale=mv_scale, mode="bilinear", padding_mode="zeros")
+    lr = F.interpolate(lr_feature, size=(H, W), mode="bilinear", align_corners=True)
+    if C == 0:
+        out = lr + 0 * (hr.sum() + weight.sum() + bias.sum())
+    else:
+        q, k, v = (F.conv2d(x, weight[i], bias[i], padding=1, groups=C) for i, x in enumerate((lr, hr, hr)))
+        out = lr + local_attn(q, k, v, kernel_size, scale=scale, padding="zeros")
+    memory_format = torch.channels_last if creff_channels_last(key_feature) else torch.contiguous_format
+    return out.to(out_dtype).contiguous(memory_format=memory_format)

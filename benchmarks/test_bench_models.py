@@ -1,4 +1,5 @@
-"""The ops inside the networks: CReFF as a module (fused vs the unfold reference attention) and one AR-Seg
+"""The ops inside the networks: CReFF as a module from the keyframe feature and motion (the fused arseg_ops.creff
+vs the unfused chain with the unfold reference attention; test_bench_creff.py has fused vs unfused) and one AR-Seg
 PSPNet-18 step, keyframe (HR network) vs non-keyframe (LR network at 0.5x + warp + CReFF), random weights."""
 import pytest
 

@@ -97,6 +97,47 @@ LocalAttnParams make_local_attn_params(const at::Tensor& query, const at::Tensor
           static_cast<int>(kernel_size), scale, parse_attn_padding(std::string(padding))};
 }
 
+void check_creff_args(const at::Tensor& key_feature, const at::Tensor& mv, const at::Tensor& lr_feature,
+                      const at::Tensor& weight, const at::Tensor& bias, int64_t kernel_size, double scale,
+                      double mv_scale_x, double mv_scale_y) {
+  const char* op = "creff";
+  check_float_tensor(op, key_feature, "key_feature");
+  check_float_tensor(op, mv, "mv");
+  check_float_tensor(op, lr_feature, "lr_feature");
+  check_float_tensor(op, weight, "weight");
+  check_float_tensor(op, bias, "bias");
+  ARSEG_CHECK(key_feature.dim() == 4, op, "argument 'key_feature' must be 4-D (N, C, H, W), got shape ",
+              key_feature.sizes());
+  const int64_t N = key_feature.size(0), C = key_feature.size(1), H = key_feature.size(2), W = key_feature.size(3);
+  ARSEG_CHECK(mv.dim() == 4 && mv.size(0) == N && mv.size(1) == 2 && mv.size(2) >= 1 && mv.size(3) >= 1, op,
+              "argument 'mv' must be (N, 2, Hb, Wb) with N=", N, " and a block grid of at least 1x1, got shape ",
+              mv.sizes());
+  ARSEG_CHECK(lr_feature.dim() == 4 && lr_feature.size(0) == N && lr_feature.size(1) == C, op,
+              "argument 'lr_feature' must be (N, C, h, w) with N=", N, " and C=", C, ", got shape ",
+              lr_feature.sizes());
+  ARSEG_CHECK(H >= 1 && W >= 1 && lr_feature.size(2) >= 1 && lr_feature.size(2) <= H && lr_feature.size(3) >= 1 &&
+                  lr_feature.size(3) <= W,
+              op, "argument 'lr_feature' must be (N, C, h, w) with 1 <= h <= H=", H, " and 1 <= w <= W=", W,
+              ", got shape ", lr_feature.sizes());
+  ARSEG_CHECK(weight.sizes() == at::IntArrayRef({3, C, 1, 3, 3}), op,
+              "argument 'weight' must be (3, C, 1, 3, 3) with C=", C, ", got shape ", weight.sizes());
+  ARSEG_CHECK(bias.sizes() == at::IntArrayRef({3, C}), op, "argument 'bias' must be (3, C) with C=", C,
+              ", got shape ", bias.sizes());
+  check_same_dtype_device(op, mv, "mv", key_feature, "key_feature");
+  check_same_dtype_device(op, lr_feature, "lr_feature", key_feature, "key_feature");
+  check_same_dtype_device(op, weight, "weight", key_feature, "key_feature");
+  check_same_dtype_device(op, bias, "bias", key_feature, "key_feature");
+  ARSEG_CHECK(is_valid_kernel_size(kernel_size), op,
+              "argument 'kernel_size' must be odd and in [1, ", kMaxKernelSize, "], got ", kernel_size);
+  ARSEG_CHECK(std::isfinite(scale), op, "argument 'scale' must be finite, got ", scale);
+  ARSEG_CHECK(std::isfinite(mv_scale_x) && std::isfinite(mv_scale_y), op,
+              "argument 'mv_scale' must be finite, got (", mv_scale_x, ", ", mv_scale_y, ")");
+}
+
+bool creff_output_channels_last(const at::Tensor& key_feature) {
+  return !key_feature.is_contiguous() && key_feature.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 static std::atomic<bool> g_poison_outputs{false};
 
 namespace {

@@ -39,6 +39,16 @@ MvWarpParams make_mv_warp_params(const at::Tensor& feature, const at::Tensor& mv
 LocalAttnParams make_local_attn_params(const at::Tensor& query, const at::Tensor& value, int64_t kernel_size,
                                        double scale, c10::string_view padding);
 
+// creff: key_feature (N,C,H,W), mv (N,2,Hb,Wb), lr_feature (N,C,h,w) with 1 <= h <= H, 1 <= w <= W,
+// weight (3,C,1,3,3), bias (3,C), one dtype and device; kernel_size odd in [1, 15]; finite scales.
+void check_creff_args(const at::Tensor& key_feature, const at::Tensor& mv, const at::Tensor& lr_feature,
+                      const at::Tensor& weight, const at::Tensor& bias, int64_t kernel_size, double scale,
+                      double mv_scale_x, double mv_scale_y);
+
+// The layout rule of creff's output (arseg_ops._validate.creff_channels_last says the same): channels_last
+// when key_feature is channels_last and not also contiguous, else contiguous NCHW.
+bool creff_output_channels_last(const at::Tensor& key_feature);
+
 // `grad` must match `like` in shape, dtype and device.
 void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name);
 

@@ -25,6 +25,12 @@ TORCH_LIBRARY(arseg_ops, m) {
   m.def(
       "local_attn_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, int kernel_size, float scale, "
       "str padding) -> (Tensor, Tensor, Tensor)");
+  // Fused CReFF: lr_feature resized to key_feature's size + local_attn of depthwise-3x3 q (of the resized
+  // lr_feature), k, v (of key_feature warped by mv); weight (3, C, 1, 3, 3), bias (3, C). Backward: Python,
+  // through the unfused ops.
+  m.def(
+      "creff(Tensor key_feature, Tensor mv, Tensor lr_feature, Tensor weight, Tensor bias, int kernel_size=7, "
+      "float scale=1., float mv_scale_x=1., float mv_scale_y=1.) -> Tensor");
 }
 
 #ifndef ARSEG_TORCH_VERSION

@@ -9,7 +9,7 @@ import torch.nn as nn
 from .bisenet import BiSeNet18, BiSeNet18WithCReFF
 from .checkpoint import load_official_state_dict
 from .creff import resize_ac
-from .frames import lr_size, warp_to_frame
+from .frames import lr_size, motion_scale
 from .pspnet import PSPNet18, PSPNet18WithCReFF
 from .tinynet import TinyNet, TinyNetWithCReFF
 from .training import lr_training_step
@@ -26,28 +26,32 @@ BACKBONES = {
 }
 
 
-def build_networks(backbone, num_classes=12, kernel_size=7):
-    """(HR network, LR network with CReFF) for backbone "psp18" | "bisenet18", without training-only heads."""
+def build_networks(backbone, num_classes=12, kernel_size=7, *, fused=True):
+    """(HR network, LR network with CReFF) for backbone "psp18" | "bisenet18", without training-only heads.
+    fused: CReFF as one arseg_ops.creff call (True) or op by op (False)."""
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     hr_cls, lr_cls = BACKBONES[backbone]
-    return hr_cls(num_classes), lr_cls(num_classes, kernel_size)
+    return hr_cls(num_classes), lr_cls(num_classes, kernel_size, fused=fused)
 
 
 class ARSeg(nn.Module):
     """AR-Seg inference: `keyframe(image)` runs and caches the HR feature; `non_keyframe(image, mv_to_key)`
     runs the LR network at `scale` and fuses the warped cached feature. Images are (N, 3, H, W) normalized
     float (see `normalize`); outputs are at (H, W): log-probabilities (psp18) or logits (bisenet18).
+    fused=True (default): the non-keyframe hands the cached feature and the motion to CReFF, which warps, resizes
+    and fuses in one arseg_ops.creff call; fused=False runs the unfused chain (mv_warp, resize, convs,
+    local_attn). Parameters and checkpoints are the same either way.
     """
 
     def __init__(self, backbone="psp18", num_classes=12, scale=0.5, kernel_size=7, *,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, fused=True):
         super().__init__()
         if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
         self.backbone = backbone
         self.scale = float(scale)
-        self.hr_net, self.lr_net = build_networks(backbone, num_classes, kernel_size)
+        self.hr_net, self.lr_net = build_networks(backbone, num_classes, kernel_size, fused=fused)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._key_feature = None
@@ -94,9 +98,9 @@ class ARSeg(nn.Module):
             shape = tuple(mv_to_key.shape) if isinstance(mv_to_key, torch.Tensor) else type(mv_to_key).__name__
             raise ValueError(f"non_keyframe: mv_to_key must be a ({image.shape[0]}, 2, Hb, Wb) tensor, got {shape}")
         mv_to_key = mv_to_key.to(device=self._key_feature.device, dtype=self._key_feature.dtype)
-        warped = warp_to_frame(self._key_feature, mv_to_key, size)
         small = resize_ac(image, lr_size(size, self.scale))
-        return self.lr_net(small, warped, out_size=size)
+        mv_scale = motion_scale(self._key_feature.shape[-2:], size)
+        return self.lr_net(small, self._key_feature, mv=mv_to_key, mv_scale=mv_scale, out_size=size)
 
     def reset(self):
         """Forget the cached keyframe feature."""

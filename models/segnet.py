@@ -21,8 +21,8 @@ class SegNet(nn.Module):
         self.aux_heads = bool(aux_heads)
         self.fuse_attention = None
 
-    def _add_creff(self, kernel_size):
-        self.fuse_attention = CReFF(self.feature_channels, kernel_size)
+    def _add_creff(self, kernel_size, fused=True):
+        self.fuse_attention = CReFF(self.feature_channels, kernel_size, fused=fused)
 
     # -- implemented by subclasses --
     def _backbone(self, x):
@@ -39,11 +39,13 @@ class SegNet(nn.Module):
         """The fusion-point feature of image batch x (N, 3, H, W)."""
         return self._backbone(x)[0]
 
-    def forward(self, x, hr_feature=None, *, out_size=None, return_feature=False, return_aux=False):
+    def forward(self, x, hr_feature=None, *, mv=None, mv_scale=1.0, out_size=None, return_feature=False,
+                return_aux=False):
         """x (N,3,h,w) -> output (log-probabilities for PSPNet, logits for BiSeNet, as the release).
 
-        hr_feature: the warped HR feature; only for networks with CReFF, which then fuse it into x's feature
-        (CReFF's output has the HR feature's size). out_size: output resolution (default: x's size without
+        hr_feature: the warped HR feature, or with `mv` the keyframe's HR feature and the motion to warp it by
+        (mv_warp scale `mv_scale`); only for networks with CReFF, which then fuse it into x's feature (CReFF's
+        output has the HR feature's size). out_size: output resolution (default: x's size without
         fusion, the classifier's natural size with fusion). return_feature adds the (fused) feature that feeds
         the classifier; return_aux adds a dict of the training-only heads' outputs (needs aux_heads=True).
         Returns output, or a tuple (output, [feature], [aux]) in that order.
@@ -56,7 +58,7 @@ class SegNet(nn.Module):
         if hr_feature is not None:
             if self.fuse_attention is None:
                 raise ValueError(f"{type(self).__name__} has no CReFF module: hr_feature must be None")
-            feature = self.fuse_attention(hr_feature, feature)
+            feature = self.fuse_attention(hr_feature, feature, mv, mv_scale=mv_scale)
         elif out_size is None:
             out_size = x.shape[-2:]
         out = self.classify(feature, out_size)

@@ -321,14 +321,21 @@ def test_flop_counter_counts_local_attention_and_warp():
     from torch.utils.flop_counter import FlopCounterMode
 
     c, h, w, k = 8, 10, 12, 5
-    creff = models.CReFF(c, k)
+    creff = models.CReFF(c, k, fused=False)
     hr, lr = torch.randn(1, c, h, w), torch.randn(1, c, h // 2, w // 2)
     with FlopCounterMode(display=False) as counter:
         arseg_ops.mv_warp(creff(hr, lr), torch.zeros(1, 2, 2, 3))
     counts = counter.get_flop_counts()["Global"]
     assert counts[torch.ops.arseg_ops.local_attn] == 2 * (2 * c * h * w * k * k)
     assert counts[torch.ops.arseg_ops.mv_warp] == 2 * (4 * c * h * w)
-    assert counter.get_total_flops() == 2 * (2 * c * h * w * k * k + 3 * c * h * w * 9 + 4 * c * h * w)
+    total = 2 * (2 * c * h * w * k * k + 3 * c * h * w * 9 + 4 * c * h * w)
+    assert counter.get_total_flops() == total
+    # The fused op counts as its convs and attention: the same total.
+    creff.fused = True
+    with FlopCounterMode(display=False) as counter:
+        arseg_ops.mv_warp(creff(hr, lr), torch.zeros(1, 2, 2, 3))
+    assert counter.get_flop_counts()["Global"][torch.ops.arseg_ops.creff] == 2 * (2 * c * h * w * k * k + 27 * c * h * w)
+    assert counter.get_total_flops() == total
 
 
 def test_lr_branch_compiles():
@@ -471,3 +478,29 @@ def test_psp18_with_cheaper_evaluation_compiles(memory_format):
     torch.testing.assert_close(out, net(x, hr), rtol=1e-4, atol=1e-4)
     out.square().mean().backward()
     assert hr.grad is not None and net.psp.bottleneck.weight.grad is not None
+
+
+@pytest.mark.parametrize("backbone", ["psp18", "bisenet18"])
+def test_fused_and_unfused_creff_agree(backbone):
+    """ARSeg(fused=True) hands the keyframe feature and the motion to one arseg_ops.creff call; fused=False runs
+    mv_warp, resize, convs and local_attn op by op. Same checkpoint, same outputs (features and logits)."""
+    # float64, so that any difference is one of computation (fp32 agreement is test_creff's business)
+    fused, unfused = loaded_arseg(backbone).double(), loaded_arseg(backbone).double()
+    unfused.lr_net.fuse_attention.fused = False
+    assert models.ARSeg(backbone, fused=False).lr_net.fuse_attention.fused is False
+    image, key_image = torch.randn(1, 3, 32, 48, dtype=torch.float64), torch.randn(1, 3, 32, 48, dtype=torch.float64)
+    mv = torch.randn(1, 2, 8, 12, dtype=torch.float64) * 6  # image pixels: several feature pixels, some outside
+    with torch.no_grad():
+        outs = []
+        for seg in (fused, unfused):
+            seg.keyframe(key_image)
+            outs.append(seg.non_keyframe(image, mv))
+        feat = fused._key_feature
+        small = F.interpolate(image, size=(16, 24), mode="bilinear", align_corners=True)
+        lr_feat = fused.lr_net.features(small)
+        scale = models.frames.motion_scale(feat.shape[-2:], (32, 48))
+        fused_creff = fused.lr_net.fuse_attention(feat, lr_feat, mv, mv_scale=scale)
+        unfused_creff = unfused.lr_net.fuse_attention(feat, lr_feat, mv, mv_scale=scale)
+    assert fused_creff.abs().max() > 0.1
+    torch.testing.assert_close(fused_creff, unfused_creff, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-9, rtol=1e-9)

@@ -24,7 +24,9 @@ ALL_PASSES = PASSES + ("backward",)  # backward: gradients through a graph built
 @dataclasses.dataclass(frozen=True)
 class Case:
     op: str  # "local_attn" | "mv_warp" | "creff" | "arseg_step"
-    impl: str  # "fused" | "reference" | "grid_sample" | "copy" (mv_warp) | "keyframe" | "non_keyframe" (arseg_step)
+    # "fused" | "reference" | "unfused" (creff) | "grid_sample" | "copy" (mv_warp) |
+    # "keyframe" | "non_keyframe" | "non_keyframe_unfused" (arseg_step)
+    impl: str
     pass_: str = "forward"  # "forward" | "forward_backward"
     size: tuple = (180, 240)  # (H, W) of the feature map (the image for arseg_step)
     channels: int = 64
@@ -193,31 +195,40 @@ def _build_mv_warp(case, gen):
 
 
 def _build_creff(case, gen):
-    if case.impl not in ("fused", "reference"):
-        raise ValueError("creff impl must be 'fused' or 'reference', got %r" % (case.impl,))
-    module = models.CReFF(case.channels, kernel_size=case.kernel_size).to(case.device, DTYPES[case.dtype])
+    """CReFF from the keyframe feature and the motion, as a non-keyframe runs it: "fused" (one arseg_ops.creff
+    call), "unfused" (mv_warp, resize, depthwise convs, local_attn, add) or "reference" (the unfused chain with
+    the unfold reference attention). The LR feature has half the height and width."""
+    if case.impl not in ("fused", "unfused", "reference"):
+        raise ValueError("creff impl must be 'fused', 'unfused' or 'reference', got %r" % (case.impl,))
+    module = models.CReFF(case.channels, kernel_size=case.kernel_size, fused=case.impl == "fused")
+    module = module.to(case.device, DTYPES[case.dtype])
     grad = case.pass_ != "forward"
-    hr, lr = (_randn(case, gen, (case.batch, case.channels) + case.size, requires_grad=grad) for _ in range(2))
+    h, w = case.size
+    key = _randn(case, gen, (case.batch, case.channels, h, w), requires_grad=grad)
+    lr = _randn(case, gen, (case.batch, case.channels, max(h // 2, 1), max(w // 2, 1)), requires_grad=grad)
+    mv = _block_motion(case, gen)
     params = tuple(p for p in module.parameters() if p.requires_grad)
-    forward = module
+    forward = lambda key, lr: module(key, lr, mv)  # noqa: E731
     if case.impl == "reference":
-        # The same module with its attention swapped for the unfold reference (CReFF looks the op up per call).
-        def forward(hr, lr):
+        # The unfused module with its attention swapped for the unfold reference (looked up per call).
+        def forward(key, lr):
             fused = arseg_ops.local_attn
             arseg_ops.local_attn = reference.local_attn
             try:
-                return module(hr, lr)
+                return module(key, lr, mv)
             finally:
                 arseg_ops.local_attn = fused
-    return _forward_or_backward(case, forward, (hr, lr), (hr, lr) + params, lr.shape, gen)
+    return _forward_or_backward(case, forward, (key, lr), (key, lr) + params, key.shape, gen)
 
 
 def _build_arseg_step(case, gen):
-    if case.impl not in ("keyframe", "non_keyframe"):
-        raise ValueError("arseg_step impl must be 'keyframe' or 'non_keyframe', got %r" % (case.impl,))
+    steps = ("keyframe", "non_keyframe", "non_keyframe_unfused")
+    if case.impl not in steps:
+        raise ValueError("arseg_step impl must be one of %s, got %r" % (steps, case.impl))
     if case.pass_ != "forward":
         raise ValueError("arseg_step is inference only (pass_='forward')")
-    seg = models.ARSeg(backbone=case.backbone, num_classes=12).to(case.device, DTYPES[case.dtype]).eval()
+    seg = models.ARSeg(backbone=case.backbone, num_classes=12, fused=case.impl != "non_keyframe_unfused")
+    seg = seg.to(case.device, DTYPES[case.dtype]).eval()
     image = _randn(case, gen, (case.batch, 3) + case.size)
     mv = _block_motion(case, gen)
     with torch.no_grad():
