@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 import arseg_ops
 from arseg_ops import reference, testing
-from conftest import HAS_CUDA
+from arseg_ops.testing import cuda_available
+
+HAS_CUDA = cuda_available()
 
 HAS_CREFF = hasattr(arseg_ops, "creff") and hasattr(reference, "creff")
 pytestmark = [

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import arseg_ops
-from arseg_ops import reference
-from conftest import HAS_CUDA
+from arseg_ops import reference, testing
+from arseg_ops.testing import cuda_available
+
+HAS_CUDA = cuda_available()
 
 CUDA = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")]
 LOW = [torch.float16, torch.bfloat16]
@@ -27,8 +29,7 @@ def rand(*shape, dtype=torch.float32, device="cuda", scale=1.0):
     return (torch.randn(*shape, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
 
 
-def max_err(a, b):
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+max_err = testing.max_abs_error
 
 
 # ---- PyTorch at low precision (no upcasting) ----
@@ -59,12 +60,7 @@ def warp_at_dtype(feature, mv, sx, sy, mode, padding_mode):
     return F.grid_sample(feature, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
-def check_low_precision(ours, theirs, truth, what):
-    """ours/theirs: low-precision results; truth: float64. Ours may be at most 2x as far from the truth."""
-    eps = torch.finfo(ours.dtype).eps
-    floor = eps * max(1.0, truth.abs().max().item())  # both exact (e.g. identity): allow one rounding
-    err_ours, err_theirs = max_err(ours, truth), max_err(theirs, truth)
-    assert err_ours <= 2 * err_theirs + floor, f"{what}: error {err_ours:.3g} vs PyTorch {err_theirs:.3g}"
+check_low_precision = testing.assert_low_precision_close  # ours at most 2x as far from float64 as PyTorch
 
 
 def attn_inputs(N, C, Cv, H, W, dtype, grad=False):
