@@ -29,66 +29,44 @@ constexpr int kGenericKernelSize = 0;
     }                                      \
   }()
 
+// One `case` of the kernel-size switches below: NAME becomes the constant K inside the body.
+#define ARSEG_KERNEL_SIZE_CASE(K, NAME, ...) \
+  case K: {                                  \
+    constexpr int NAME = K;                  \
+    return __VA_ARGS__();                    \
+  }
+
+// The sizes without their own specialisation: NAME is kGenericKernelSize and the body reads the size at run time.
+#define ARSEG_KERNEL_SIZE_DEFAULT(NAME, ...)               \
+  default: {                                               \
+    constexpr int NAME = ::arseg::kGenericKernelSize;      \
+    return __VA_ARGS__();                                  \
+  }
+
 // KSIZE is a valid kernel size (callers check is_valid_kernel_size first). NAME is KSIZE for the sizes with
 // their own specialisation (1, 3, 5, 7: window in registers, unrolled loops) and kGenericKernelSize otherwise.
-#define ARSEG_KERNEL_SIZE_SWITCH(KSIZE, NAME, ...)         \
-  [&] {                                                    \
-    switch (KSIZE) {                                       \
-      case 1: {                                            \
-        constexpr int NAME = 1;                            \
-        return __VA_ARGS__();                              \
-      }                                                    \
-      case 3: {                                            \
-        constexpr int NAME = 3;                            \
-        return __VA_ARGS__();                              \
-      }                                                    \
-      case 5: {                                            \
-        constexpr int NAME = 5;                            \
-        return __VA_ARGS__();                              \
-      }                                                    \
-      case 7: {                                            \
-        constexpr int NAME = 7;                            \
-        return __VA_ARGS__();                              \
-      }                                                    \
-      default: {                                           \
-        constexpr int NAME = ::arseg::kGenericKernelSize; \
-        return __VA_ARGS__();                              \
-      }                                                    \
-    }                                                      \
+#define ARSEG_KERNEL_SIZE_SWITCH(KSIZE, NAME, ...)        \
+  [&] {                                                   \
+    switch (KSIZE) {                                      \
+      ARSEG_KERNEL_SIZE_CASE(1, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(3, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(5, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(7, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_DEFAULT(NAME, __VA_ARGS__)        \
+    }                                                     \
   }()
 
 // Like ARSEG_KERNEL_SIZE_SWITCH with every odd size up to 11 specialised (the v2 local_attn kernels: their
 // score tiles live in registers for K <= 11); kGenericKernelSize above.
-#define ARSEG_KERNEL_SIZE_SWITCH_TO_11(KSIZE, NAME, ...) \
+#define ARSEG_KERNEL_SIZE_SWITCH_TO_11(KSIZE, NAME, ...)  \
   [&] {                                                   \
     switch (KSIZE) {                                      \
-      case 1: {                                           \
-        constexpr int NAME = 1;                           \
-        return __VA_ARGS__();                             \
-      }                                                   \
-      case 3: {                                           \
-        constexpr int NAME = 3;                           \
-        return __VA_ARGS__();                             \
-      }                                                   \
-      case 5: {                                           \
-        constexpr int NAME = 5;                           \
-        return __VA_ARGS__();                             \
-      }                                                   \
-      case 7: {                                           \
-        constexpr int NAME = 7;                           \
-        return __VA_ARGS__();                             \
-      }                                                   \
-      case 9: {                                           \
-        constexpr int NAME = 9;                           \
-        return __VA_ARGS__();                             \
-      }                                                   \
-      case 11: {                                          \
-        constexpr int NAME = 11;                          \
-        return __VA_ARGS__();                             \
-      }                                                   \
-      default: {                                          \
-        constexpr int NAME = ::arseg::kGenericKernelSize; \
-        return __VA_ARGS__();                             \
-      }                                                   \
+      ARSEG_KERNEL_SIZE_CASE(1, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(3, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(5, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(7, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(9, NAME, __VA_ARGS__)        \
+      ARSEG_KERNEL_SIZE_CASE(11, NAME, __VA_ARGS__)       \
+      ARSEG_KERNEL_SIZE_DEFAULT(NAME, __VA_ARGS__)        \
     }                                                     \
   }()
