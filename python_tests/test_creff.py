@@ -97,6 +97,63 @@ def test_layouts_and_views(poison):
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
 
 
+# The CPU kernel is compiled for three instruction sets and runs the best one the CPU has; ARSEG_CPU_ISA caps
+# it, so each build is tested where the CPU has it (a cap above what the CPU has runs the best available one).
+ISAS = ["baseline", "avx2", "avx512"]
+# Several column strips and row segments (C=64: strips of <= ~190 columns; segments of >= 8 * (K/2 + 2) rows).
+STRIP_CASE = (1, 64, 90, 300, 45, 150, 23, 75, 7)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("motion", ["random", "integer", "zero"])
+def test_every_instruction_set_matches_unfused(monkeypatch, poison, isa, motion):
+    """Random motion (short runs of equal warp taps), integer motion (one tap per pixel) and zero motion (one
+    run per row), over several strips and row segments."""
+    monkeypatch.setenv("ARSEG_CPU_ISA", isa)
+    key, mv, lr, weight, bias = _inputs(STRIP_CASE, torch.float64, motion=4.0)
+    mv = {"random": mv, "integer": mv.round(), "zero": mv * 0}[motion]
+    out = arseg_ops.creff(key, mv, lr, weight, bias, kernel_size=7, **KW)
+    torch.testing.assert_close(out, reference.creff(key, mv, lr, weight, bias, kernel_size=7, **KW),
+                               **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_instruction_set_float32_layouts_and_generic_kernel_size(monkeypatch, poison, isa):
+    """float32 (the vector exp), channels_last key (strided taps), a key view whose rows are not whole pixels,
+    bfloat16, and a kernel size without its own specialisation (9)."""
+    monkeypatch.setenv("ARSEG_CPU_ISA", isa)
+    case = (2, 16, 41, 70, 21, 35, 11, 18, 9)
+    key, mv, lr, weight, bias = _inputs(case, motion=5.0)
+    expected = reference.creff(key, mv, lr, weight, bias, kernel_size=9, **KW)
+    for k in (key, key.to(memory_format=torch.channels_last),
+              torch.nn.functional.pad(key, (1, 2)).narrow(3, 1, key.shape[3])):
+        out = arseg_ops.creff(k, mv, lr, weight, bias, kernel_size=9, **KW)
+        torch.testing.assert_close(out, expected, **TOL[torch.float32])
+    low = [t.bfloat16() for t in (key, mv, lr, weight, bias)]
+    out = arseg_ops.creff(*low, kernel_size=9, **KW)
+    torch.testing.assert_close(out, reference.creff(*[t.float() for t in low], kernel_size=9, **KW).bfloat16(),
+                               atol=1e-2, rtol=1e-2)
+
+
+def test_absent_taps_ignore_inf_in_the_key_feature(poison):
+    """Pixels whose motion points outside the image must not pick up an inf/NaN from the element an absent
+    tap would read (mv_warp's tap_product rule): hr is 0 there, so the output stays finite."""
+    case = (1, 4, 20, 24, 10, 12, 5, 6, 3)
+    key, mv, lr, weight, bias = _inputs(case, torch.float64)
+    key[:, :, 0, 0] = float("inf")
+    key[:, :, 5, 7] = float("nan")
+    mv[:] = 100.0  # every tap outside
+    out = arseg_ops.creff(key, mv, lr, weight, bias, kernel_size=3)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference.creff(key, mv, lr, weight, bias, kernel_size=3), **TOL[torch.float64])
+
+
+def test_bad_instruction_set_cap(monkeypatch):
+    monkeypatch.setenv("ARSEG_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="ARSEG_CPU_ISA"):
+        arseg_ops.creff(*_inputs(CASES[0]), kernel_size=3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision(poison, dtype):
     case = (1, 8, 17, 23, 9, 12, 5, 6, 7)

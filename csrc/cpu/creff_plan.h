@@ -1,0 +1,68 @@
+// Types shared by the fused CReFF CPU glue (creff_cpu.cpp) and its row pipeline (creff_stream.inc, compiled
+// once per instruction set): the call's data, and how the output is cut into strip tasks.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../creff_math.h"
+#include "../local_attn_math.h"  // kMaxKernelSize
+
+namespace arseg {
+namespace cpu_creff {
+
+#define ARSEG_ALWAYS_INLINE inline __attribute__((always_inline))
+
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+// Halo columns kept on each side of a strip in every ring buffer: >= K/2 + 1 for every kernel size, and a
+// multiple of 8 so the vector chunks start aligned.
+constexpr int64_t kPad = 8;
+static_assert(kPad >= kMaxKernelSize / 2 + 1, "strip halo too small for the largest window");
+
+template <typename scalar_t, typename acc_t>
+struct CreffData {
+  CreffParams p;
+  const scalar_t* key;
+  Strides4 key_s;
+  const scalar_t* lr;
+  Strides4 lr_s;
+  const scalar_t* mv;   // contiguous (N, 2, Hb, Wb)
+  const acc_t* weight;  // (3, C, 9): query, key, value
+  const acc_t* bias;    // (3, C)
+  scalar_t* out;
+  Strides4 out_s;
+};
+
+// The output is cut into tasks of `rows` rows x `cols` columns of one image: strips of columns narrow enough
+// for the strip's ring buffers to stay in a core's L2 cache, and row segments so that every thread gets work.
+struct StripPlan {
+  int64_t cols, strips, rows, segments;
+  int64_t tasks(int64_t N) const { return N * strips * segments; }
+};
+
+// Ring-buffer bytes per strip column: hr and lr 3 rows, k and v K rows, q one row, all C channels.
+inline int64_t ring_bytes_per_column(int64_t C, int kernel_size, int64_t acc_bytes) {
+  return std::max<int64_t>(C, 1) * (3 + 2 * kernel_size + 3 + 1) * acc_bytes;
+}
+
+// `lanes`: the vector width in elements (strips are a multiple of it); `threads`: how many tasks to aim for.
+inline StripPlan plan_strips(const CreffParams& p, int64_t lanes, int64_t acc_bytes, int64_t threads) {
+  constexpr int64_t kBudget = int64_t(1) << 20;  // ~half the L2 of current x86 cores
+  const int64_t per_col = ring_bytes_per_column(p.C, p.kernel_size, acc_bytes);
+  const int64_t w_round = (p.W + lanes - 1) / lanes * lanes;
+  const int64_t max_cols = std::min(std::max(kBudget / per_col / lanes * lanes, 2 * lanes), w_round);
+  const int64_t strips = (p.W + max_cols - 1) / max_cols;
+  const int64_t cols = ((p.W + strips - 1) / strips + lanes - 1) / lanes * lanes;
+  // Each segment recomputes K/2 + 2 rows above it: keep segments >= 8x that, and aim for 4 tasks per thread.
+  const int64_t min_rows = 8 * (p.kernel_size / 2 + 2);
+  const int64_t wanted = (4 * threads + p.N * strips - 1) / (p.N * strips);
+  const int64_t segments = std::max<int64_t>(1, std::min(wanted, p.H / min_rows));
+  const int64_t rows = (p.H + segments - 1) / segments;
+  return {cols, strips, rows, (p.H + rows - 1) / rows};
+}
+
+}  // namespace cpu_creff
+}  // namespace arseg
