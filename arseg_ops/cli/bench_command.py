@@ -219,7 +219,8 @@ def register(sub):
                                    "chain (forward and forward+backward, with peak extra memory, and the roofline "
                                    "on CUDA), and AR-Seg's keyframe vs non-keyframe steps with their ratio and GOP "
                                    "average. The default run (all ops, both passes, both backbones, 64x180x240 "
-                                   "features and 180x240 images on CPU) takes about a minute on 2 CPU cores.")
+                                   "features and 180x240 images on CPU) takes one to two minutes on 2 CPU cores; "
+                                   "--ops narrows it.")
     p.add_argument("--ops", type=common.comma_list(OPS), default=OPS,
                    help="comma-separated ops to time, from %s (default: all)" % ", ".join(OPS))
     p.add_argument("--passes", type=common.comma_list(bench.PASSES), default=bench.PASSES,
@@ -233,7 +234,7 @@ def register(sub):
     p.add_argument("--image-size", type=common.size,
                    help="image HxW of arseg_step (default: --size; PSPNet-18's CReFF feature is the image size)")
     p.add_argument("--channels", type=common.positive_int, default=64, help="feature channels C (default 64)")
-    p.add_argument("--kernel-size", type=common.kernel_size, default=7, help="local_attn window, odd (default 7)")
+    p.add_argument("--kernel-size", type=common.kernel_size, default=7, help="local_attn window, odd (default 7; also CReFF's window in creff and arseg_step)")
     p.add_argument("--block", type=common.positive_int, default=4,
                    help="mv_warp motion block side in pixels (default 4)")
     p.add_argument("--min-time", type=common.nonnegative_float, default=1.0,
