@@ -151,3 +151,25 @@ def test_compile_run_on_a_tiny_creff_case(tmp_path, capsys):
         assert c["compile"] is True and c["median_s"] > 0 and c["first_call_s"] > 0 and "skipped" not in c
         assert c["peak_extra_bytes"] >= 0
     assert "creff forward first call (torch.compile): fused" in out
+
+
+def test_a_compiled_implementation_that_fails_is_skipped_and_the_others_still_timed(monkeypatch):
+    calls = []
+
+    def fake_build(case):
+        if case.impl == "unfused":
+            def broken():
+                raise RuntimeError("Unsupported: graph break in fake_op\nmore detail")
+            return broken
+        return lambda: calls.append(case.impl)
+
+    class Probe:
+        def measure(self, case):
+            return 123
+
+    monkeypatch.setattr(bench, "build", fake_build)
+    case = bench.Case("creff", "fused", "forward", (8, 8), 4, compile=True)
+    res = bench_command.measure_pair(case, Probe(), 0.0, None, lambda msg: None)
+    assert res["unfused"] == {"skipped": "Unsupported: graph break in fake_op"}
+    assert res["fused"]["rounds"] == bench_command.MIN_ROUNDS and res["fused"]["peak_extra_bytes"] == 123
+    assert res["fused"]["first_call_s"] >= 0 and len(calls) == 1 + 1 + bench_command.MIN_ROUNDS  # first, warm-up

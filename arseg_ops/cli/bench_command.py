@@ -18,6 +18,14 @@ BACKBONES = ("psp18", "bisenet18")
 MIN_ROUNDS = 5
 
 
+def _reason(exc):
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# What a case that cannot run raises: torch.OutOfMemoryError and torch.compile's errors are RuntimeErrors.
+_CANNOT_RUN = (RuntimeError, ValueError, TypeError, NotImplementedError)
+
+
 def _runnable(case):
     """(callable, None) or (None, reason it cannot run here)."""
     reason = bench.too_big_reason(case)
@@ -25,19 +33,26 @@ def _runnable(case):
         return None, reason
     try:
         return bench.build(case), None
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:  # includes OutOfMemoryError
+    except _CANNOT_RUN as exc:
         if case.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        return None, str(exc).strip().splitlines()[0]
+        return None, _reason(exc)
 
 
-def _first_calls(runs, device):
-    """{impl: seconds of its first call}: for compiled cases, the compilation (then excluded from the timings)."""
+def _first_calls(runs, device, results):
+    """{impl: seconds of its first call}: for compiled cases the compilation, which the timings then exclude.
+    A run whose first call fails (e.g. a graph break under fullgraph=True) leaves `runs` with its reason in
+    `results`, so that the other implementations are still timed."""
     firsts = {}
-    for impl, run in runs.items():
+    for impl in list(runs):
         t0 = time.perf_counter()
-        run()
-        bench.synchronize(device)
+        try:
+            runs[impl]()
+            bench.synchronize(device)
+        except _CANNOT_RUN as exc:
+            results[impl] = {"skipped": _reason(exc)}
+            del runs[impl]
+            continue
         firsts[impl] = time.perf_counter() - t0
     return firsts
 
@@ -58,14 +73,14 @@ def measure_pair(case, probe, min_time, max_time, progress, impls=None):
             results[impl] = {"skipped": reason}
         else:
             runs[impl] = run
+    firsts = _first_calls(runs, case.device, results) if case.compile else {}
     try:
-        firsts = _first_calls(runs, case.device) if case.compile else {}
         timed = bench.time_interleaved(runs, case.device, min_rounds=MIN_ROUNDS, min_time=min_time,
                                        max_time=max_time)
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:  # torch.compile errors included
+    except _CANNOT_RUN as exc:
         timed = {}
         for impl in runs:
-            results[impl] = {"skipped": str(exc).strip().splitlines()[0]}
+            results[impl] = {"skipped": _reason(exc)}
     runs.clear()
     for impl, times in timed.items():
         results[impl] = bench.summarize_times(times)
@@ -74,7 +89,7 @@ def measure_pair(case, probe, min_time, max_time, progress, impls=None):
         try:
             results[impl]["peak_extra_bytes"] = probe.measure(case.replace(impl=impl))
         except (RuntimeError, ValueError) as exc:
-            results[impl]["memory_error"] = str(exc).strip().splitlines()[0]
+            results[impl]["memory_error"] = _reason(exc)
     return results
 
 
@@ -234,7 +249,8 @@ def register(sub):
     p.add_argument("--image-size", type=common.size,
                    help="image HxW of arseg_step (default: --size; PSPNet-18's CReFF feature is the image size)")
     p.add_argument("--channels", type=common.positive_int, default=64, help="feature channels C (default 64)")
-    p.add_argument("--kernel-size", type=common.kernel_size, default=7, help="local_attn window, odd (default 7; also CReFF's window in creff and arseg_step)")
+    p.add_argument("--kernel-size", type=common.kernel_size, default=7,
+                   help="local_attn window, odd (default 7; also CReFF's window in creff and arseg_step)")
     p.add_argument("--block", type=common.positive_int, default=4,
                    help="mv_warp motion block side in pixels (default 4)")
     p.add_argument("--min-time", type=common.nonnegative_float, default=1.0,
