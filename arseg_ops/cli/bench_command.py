@@ -65,7 +65,7 @@ def measure_pair(case, probe, min_time, max_time, progress, impls=None):
     progress("  %s %s%s %s%s ..." % (case.op, case.backbone + " " if case.op == "arseg_step" else "", case.pass_,
                                      "/".join(impls), " (compiling first)" if case.compile else ""))
     if case.compile:
-        torch.compiler.reset()  # earlier cases' graphs stay out of the recompile limit and the memory
+        torch.compiler.reset()  # earlier cases' graphs stay out of the recompile limit (past it: eager, unseen)
     results, runs = {}, {}
     for impl in impls:
         run, reason = _runnable(case.replace(impl=impl))
