@@ -57,7 +57,7 @@ def _usage_error(argv, capsys):
 def test_bench_small_size_writes_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     code, out, _ = _run(["bench", "--device", "cpu", "--size", "12x16", "--channels", "8", "--min-time", "0",
-                         "--json", str(path), "-q"], capsys)
+                         "--ops", "local_attn,mv_warp", "--json", str(path), "-q"], capsys)
     assert code == 0
     assert "speedup" in out and "local_attn" in out and "mv_warp" in out and "feature 8x12x16" in out
     record = json.loads(path.read_text())

@@ -3,7 +3,8 @@
 A `Case` names one measurable call (op, implementation, forward or forward+backward, shape, dtype, device);
 `build(case)` turns it into a zero-argument callable on freshly made inputs. Fused and reference cases with
 the same parameters get bit-identical inputs (the generator is seeded from the parameters), so every pair is
-compared on the same data.
+compared on the same data. `compile=True` runs the measured function under torch.compile(fullgraph=True,
+dynamic=False); the first call compiles, so callers warm up before they time or measure memory.
 """
 import dataclasses
 import zlib
@@ -36,6 +37,7 @@ class Case:
     device: str = "cpu"
     batch: int = 1
     backbone: str = "psp18"  # arseg_step only
+    compile: bool = False  # run the measured function under torch.compile (see _maybe_compile)
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -94,8 +96,16 @@ def _randn(case, gen, shape, std=1.0, requires_grad=False):
     return t.requires_grad_(requires_grad)
 
 
+def _maybe_compile(case, fn):
+    """fn, or with case.compile torch.compile(fn) as one graph (fullgraph: a graph break is an error, not a
+    silent fallback to eager pieces) for these exact shapes (dynamic=False: the kernel that is timed is the one
+    the memory probe runs)."""
+    return torch.compile(fn, fullgraph=True, dynamic=False) if case.compile else fn
+
+
 def _forward_or_backward(case, fn, inputs, grad_inputs, out_shape, gen):
     """A callable running fn(*inputs), and for forward_backward also the gradients of grad_inputs."""
+    fn = _maybe_compile(case, fn)
     if case.pass_ == "forward":
         def run():
             with torch.no_grad():
@@ -129,6 +139,8 @@ def _build_local_attn(case, gen):
     # std C**-0.25 keeps the logits ~N(0, 1), as in a trained network (no denormal-heavy softmax tails).
     q, k, v = (_randn(case, gen, shape, case.channels ** -0.25, grad) for _ in range(3))
     if case.impl in LOCAL_ATTN_PEERS:
+        if case.compile:
+            raise ValueError("compile=True does not apply to the local_attn peers (they are compiled already)")
         return _build_local_attn_peer(case, gen, q, k, v)
     fn = fns[case.impl]
     return _forward_or_backward(case, lambda q, k, v: fn(q, k, v, case.kernel_size), (q, k, v), (q, k, v), v.shape, gen)
@@ -200,6 +212,9 @@ def _build_creff(case, gen):
     the unfold reference attention). The LR feature has half the height and width."""
     if case.impl not in ("fused", "unfused", "reference"):
         raise ValueError("creff impl must be 'fused', 'unfused' or 'reference', got %r" % (case.impl,))
+    if case.impl == "reference" and case.compile:
+        raise ValueError("the creff reference swaps arseg_ops.local_attn per call and cannot be compiled; "
+                         "compile 'unfused' instead")
     module = models.CReFF(case.channels, kernel_size=case.kernel_size, fused=case.impl == "fused")
     module = module.to(case.device, DTYPES[case.dtype])
     grad = case.pass_ != "forward"
@@ -221,24 +236,37 @@ def _build_creff(case, gen):
     return _forward_or_backward(case, forward, (key, lr), (key, lr) + params, key.shape, gen)
 
 
+# The steps of an AR-Seg video: HR network on a keyframe; LR network + CReFF (fused op, or the unfused chain).
+ARSEG_STEPS = ("keyframe", "non_keyframe", "non_keyframe_unfused")
+
+
 def _build_arseg_step(case, gen):
-    steps = ("keyframe", "non_keyframe", "non_keyframe_unfused")
-    if case.impl not in steps:
-        raise ValueError("arseg_step impl must be one of %s, got %r" % (steps, case.impl))
+    if case.impl not in ARSEG_STEPS:
+        raise ValueError("arseg_step impl must be one of %s, got %r" % (ARSEG_STEPS, case.impl))
     if case.pass_ != "forward":
         raise ValueError("arseg_step is inference only (pass_='forward')")
-    seg = models.ARSeg(backbone=case.backbone, num_classes=12, fused=case.impl != "non_keyframe_unfused")
+    seg = models.ARSeg(backbone=case.backbone, num_classes=12, kernel_size=case.kernel_size,
+                       fused=case.impl != "non_keyframe_unfused")
     seg = seg.to(case.device, DTYPES[case.dtype]).eval()
     image = _randn(case, gen, (case.batch, 3) + case.size)
     mv = _block_motion(case, gen)
     with torch.no_grad():
         seg.keyframe(image)  # the non-keyframe step needs the cached HR feature
     step = seg.keyframe if case.impl == "keyframe" else (lambda img: seg.non_keyframe(img, mv))
+    step = _maybe_compile(case, step)
 
     def run():
         with torch.no_grad():
             return step(image)
     return run
+
+
+def gop_average_over_keyframe(non_key_over_key, gop=12):
+    """Average cost per frame over a group of pictures (one keyframe, then gop - 1 non-keyframes) relative to a
+    keyframe's cost: (1 + (gop - 1) * non_key_over_key) / gop (AR-Seg's GOP-12 figure for gop=12)."""
+    if not isinstance(gop, int) or gop < 1:
+        raise ValueError("gop must be a positive int, got %r" % (gop,))
+    return (1 + (gop - 1) * non_key_over_key) / gop
 
 
 _BUILDERS = {"local_attn": _build_local_attn, "mv_warp": _build_mv_warp, "creff": _build_creff,

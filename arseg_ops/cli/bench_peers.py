@@ -1,5 +1,6 @@
 """The peers table of `arseg bench --peers`: local_attn fused vs FlexAttention and torch.compile(reference)."""
 from .. import bench
+from .bench_format import ms
 
 NAMES = {
     "fused": "arseg_ops.local_attn (fused)",
@@ -17,10 +18,6 @@ def describe(device):
                "H100 copy bandwidth" if device.startswith("cuda") else "this CPU's measured copy bandwidth"))
 
 
-def _ms(r):
-    return "%.2f (%.2f)" % (r["median_s"] * 1e3, r["iqr_s"] * 1e3) if "median_s" in r else "skipped"
-
-
 def table(peer_results):
     """(headers, rows) with one row per (pass, implementation)."""
     rows = []
@@ -31,7 +28,7 @@ def table(peer_results):
             c = case.replace(impl=impl)
             roof = bench.roofline_seconds(c)
             timed = "median_s" in r
-            rows.append([case.pass_, NAMES.get(impl, impl), _ms(r) if timed else "skipped: " + r.get("skipped", "?"),
+            rows.append([case.pass_, NAMES.get(impl, impl), ms(r) if timed else "skipped: " + r.get("skipped", "?"),
                          "%.2fx" % (r["median_s"] / fused["median_s"]) if timed and "median_s" in fused else "-",
                          "%.1f%%" % (100 * roof / r["median_s"]) if timed and roof else "-",
                          "%.1f" % (r["peak_extra_bytes"] / 1e6) if "peak_extra_bytes" in r else "-"])

@@ -75,6 +75,19 @@ def scale(text):
     return value
 
 
+def comma_list(choices):
+    """An argument type: 'a,b' -> ('a', 'b') (order kept, duplicates dropped), every item one of `choices`."""
+    def parse(text):
+        items = tuple(dict.fromkeys(item.strip() for item in str(text).split(",")))
+        bad = [item for item in items if item not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError("expected a comma-separated list of %s, got %r (unknown: %s)"
+                                             % (", ".join(choices), text, ", ".join(repr(b) for b in bad)))
+        return items
+    parse.__name__ = "list"  # argparse names the type in some messages
+    return parse
+
+
 def existing_file(text):
     if not os.path.isfile(text):
         raise argparse.ArgumentTypeError("no such file: %r" % (text,))
@@ -100,6 +113,12 @@ def backbone_options():
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--backbone", choices=("psp18", "bisenet18"), default="psp18")
     p.add_argument("--scale", type=scale, default=0.5, help="LR scale in (0, 1] (default 0.5)")
+    return p
+
+
+def gop_options():
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--gop", type=positive_int, default=12, help="keyframe interval (default 12)")
     return p
 
 

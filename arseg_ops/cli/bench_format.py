@@ -1,0 +1,38 @@
+"""Cells and notes shared by the tables of `arseg bench` (kernels, AR-Seg steps, peers).
+
+A result is what bench_command.measure_pair returns for one implementation: the time summary
+(bench.summarize_times) with peak_extra_bytes (or memory_error), first_call_s for compiled cases, or 'skipped'.
+"""
+from .. import bench
+
+
+def ms(r):
+    """'median (IQR)' in ms, or 'skipped'."""
+    return "%.2f (%.2f)" % (r["median_s"] * 1e3, r["iqr_s"] * 1e3) if "median_s" in r else "skipped"
+
+
+def mb(r):
+    return "%.1f" % (r["peak_extra_bytes"] / 1e6) if "peak_extra_bytes" in r else "-"
+
+
+def timed(*results):
+    return all("median_s" in r for r in results)
+
+
+def result_notes(label, impl, r):
+    """Why a result is missing or incomplete, and whether its spread makes it untrustworthy."""
+    notes = []
+    for key in ("skipped", "memory_error"):
+        if key in r:
+            notes.append("%s %s %s: %s" % (label, impl, key.replace("_", " "), r[key]))
+    if "median_s" in r and bench.is_noisy(r):
+        notes.append("%s %s is noisy: IQR %.0f%% of the median over %d rounds (min %.2f, max %.2f ms); the machine "
+                     "is busy or the case too short, rerun with a larger --min-time"
+                     % (label, impl, 100 * r["spread"], r["rounds"], r["min_s"] * 1e3, r["max_s"] * 1e3))
+    return notes
+
+
+def compile_note(label, res):
+    """The first (compiling) call of each compiled implementation, which the timings exclude; None if none."""
+    firsts = ["%s %.1f s" % (impl, r["first_call_s"]) for impl, r in res.items() if "first_call_s" in r]
+    return "%s first call (torch.compile): %s" % (label, ", ".join(firsts)) if firsts else None
