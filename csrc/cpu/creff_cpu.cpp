@@ -14,6 +14,10 @@
 // for tests and comparisons). Inputs are read through their strides (NCHW, channels_last, any view); the
 // output is NCHW, or channels_last when key_feature is (creff_output_channels_last). Accumulation in float
 // (float/half/bfloat16) or double.
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -59,7 +63,9 @@ constexpr int kVecBytes = 32;
 #endif
 namespace avx512 {
 constexpr int kVecBytes = 64;
+#define ARSEG_CREFF_RUN_QUADS 1
 #include "creff_stream.inc"
+#undef ARSEG_CREFF_RUN_QUADS
 }  // namespace avx512
 #if defined(__clang__)
 #pragma clang attribute pop
