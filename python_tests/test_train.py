@@ -260,6 +260,19 @@ def test_cli_exit_codes(dataset, tmp_path, capsys):
     assert exc.value.code == 2 and "--num-classes is required" in capsys.readouterr().err
 
 
+def test_train_and_eval_through_the_cli(dataset, tmp_path, capsys):
+    # cli.main puts the sub-parser into the namespace: the checkpoint must still be writable (it once was not)
+    common = [dataset, "--num-classes", str(NUM_CLASSES), "--backbone", "tiny", "--length", str(L)]
+    hr = tmp_path / "hr"
+    assert cli.main(["train", *common, "--stage", "hr", "--out", str(hr), "--max-steps", "1", "--batch-size",
+                     "2", "--quiet"]) == 0
+    assert nets.load_checkpoint(str(hr / "last.pt"))["args"]["stage"] == "hr"
+    assert cli.main(["train", *common, "--stage", "ar", "--out", str(tmp_path / "ar"), "--max-steps", "1",
+                     "--batch-size", "2", "--quiet", "--hr-checkpoint", str(hr / "last.pt")]) == 0
+    assert cli.main(["eval", *common, "--checkpoint", str(tmp_path / "ar" / "last.pt")]) == 0
+    assert "mean" in capsys.readouterr().out
+
+
 # ---- evaluation ----
 
 
