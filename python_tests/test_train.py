@@ -175,6 +175,50 @@ def test_random_augment_is_reproducible_and_consistent():
     assert a["frame"].shape == (3, 48, 64) and a["motion"].shape == (2, 48, 64)
 
 
+def test_dataset_pairs_motion_predicts_the_frame(dataset):
+    # The chained codec motion of real pairs, after the training augmentation, must predict the labelled frame
+    # from the keyframe far better than no warp does (a wrong sign, unit, scale or frame order does not).
+    rows = manifest.read_manifest(dataset, split="train")
+    cache = ClipCache(os.path.join(os.path.dirname(dataset), ".arseg_cache"), length=L)
+    for aug in (None, {"scale_range": (0.75, 1.25), "crop_size": None, "flip": True}):
+        data = FramePairDataset(rows, cache, NUM_CLASSES, augment=aug)
+        warped = unwarped = 0.0
+        for i in range(0, len(rows), 2):
+            for d in range(1, L):
+                s = data.pair(i, d, generator=torch.Generator().manual_seed(10 * i + d))
+                error = lambda x: (x - s["frame"])[:, 4:-4, 8:-8].abs().mean().item()  # noqa: E731
+                warped += error(arseg_ops.mv_warp(s["key"][None], s["motion"][None])[0])
+                unwarped += error(s["key"])
+        assert warped < 0.6 * unwarped, (aug, warped, unwarped)
+
+
+def test_training_pair_feeds_creff_what_inference_does(dataset):
+    # A pair as the training step sees it (dense pixel motion, HR feature warped before CReFF) must give the
+    # LR network exactly the input ARSeg.non_keyframe gives it at inference (block motion, warp inside CReFF).
+    from arseg_ops.models import ARSeg, lr_training_step
+
+    torch.manual_seed(0)
+    model = ARSeg("tiny", NUM_CLASSES, 0.5).eval()
+    nets.init_creff_identity(model.lr_net.fuse_attention)
+    with torch.no_grad():  # a non-zero value conv: the warped HR feature then reaches the output
+        model.lr_net.fuse_attention.hr_value_conv.weight[:, 0, 1, 1] = 1.0
+    rows = manifest.read_manifest(dataset, split="train")
+    data = FramePairDataset(rows, ClipCache(os.path.join(os.path.dirname(dataset), ".arseg_cache"), length=L),
+                            NUM_CLASSES)
+    frames, motion, label = data.clip(1)
+    for d in (1, L - 1):
+        pair = data.pair(1, d)
+        key, frame = model.normalize(frames[-1 - d]), model.normalize(frames[-1])
+        torch.testing.assert_close(model.normalize((pair["key"].permute(1, 2, 0) * 255).round().byte()), key)
+        with torch.no_grad():
+            train = lr_training_step(model.lr_net, model.hr_net, frame, pair["label"][None], key_image=key,
+                                     mv_to_key=pair["motion"][None], scale=0.5)
+            model.keyframe(key)
+            out = model.non_keyframe(frame, motion[d][None])
+        infer = torch.nn.functional.cross_entropy(out, label[None], ignore_index=255)
+        torch.testing.assert_close(train["seg_loss"], infer, rtol=1e-5, atol=1e-6)
+
+
 # ---- metrics ----
 
 
