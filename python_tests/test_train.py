@@ -343,3 +343,21 @@ def test_eval_protocol_with_release_files_and_checkpoint(dataset, tmp_path):
         hr_only = dict(nets.load_checkpoint(str(tmp_path / "ar.pt")), stage="hr")
         nets.save_checkpoint(tmp_path / "hr.pt", hr_only)
         evaluate.evaluate(_parse(base + ["--checkpoint", str(tmp_path / "hr.pt")]))
+
+
+def test_accuracy_benchmark_runs_end_to_end(tmp_path):
+    # benchmarks/accuracy.py at toy size: every stage, the eval and the JSON (numbers meaningless at 2 steps)
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "accuracy.py")
+    out = tmp_path / "acc.json"
+    subprocess.run([sys.executable, script, "--dir", str(tmp_path / "work"), "--size", "32x48", "--sequences", "2",
+                    "--val-sequences", "1", "--frames", "14", "--label-every", "1", "--length", "4",
+                    "--hr-steps", "2", "--steps", "2", "--batch-size", "2", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert set(result["seconds"]) == {"hr", "lr", "ar", "eval"}
+    assert len(result["result"]["distances"]) == 4 and 0 <= result["result"]["lr_only"] <= 1
+    ar_args = nets.load_checkpoint(str(tmp_path / "work" / "ar" / "last.pt"))["args"]
+    assert ar_args["kernel_size"] == 3 and ar_args["creff_lr_mult"] == 10 and ar_args["creff_init"] == "default"
