@@ -175,6 +175,50 @@ def test_random_augment_is_reproducible_and_consistent():
     assert a["frame"].shape == (3, 48, 64) and a["motion"].shape == (2, 48, 64)
 
 
+def test_dataset_pairs_motion_predicts_the_frame(dataset):
+    # The chained codec motion of real pairs, after the training augmentation, must predict the labelled frame
+    # from the keyframe far better than no warp does (a wrong sign, unit, scale or frame order does not).
+    rows = manifest.read_manifest(dataset, split="train")
+    cache = ClipCache(os.path.join(os.path.dirname(dataset), ".arseg_cache"), length=L)
+    for aug in (None, {"scale_range": (0.75, 1.25), "crop_size": None, "flip": True}):
+        data = FramePairDataset(rows, cache, NUM_CLASSES, augment=aug)
+        warped = unwarped = 0.0
+        for i in range(0, len(rows), 2):
+            for d in range(1, L):
+                s = data.pair(i, d, generator=torch.Generator().manual_seed(10 * i + d))
+                error = lambda x: (x - s["frame"])[:, 4:-4, 8:-8].abs().mean().item()  # noqa: E731
+                warped += error(arseg_ops.mv_warp(s["key"][None], s["motion"][None])[0])
+                unwarped += error(s["key"])
+        assert warped < 0.6 * unwarped, (aug, warped, unwarped)
+
+
+def test_training_pair_feeds_creff_what_inference_does(dataset):
+    # A pair as the training step sees it (dense pixel motion, HR feature warped before CReFF) must give the
+    # LR network exactly the input ARSeg.non_keyframe gives it at inference (block motion, warp inside CReFF).
+    from arseg_ops.models import ARSeg, lr_training_step
+
+    torch.manual_seed(0)
+    model = ARSeg("tiny", NUM_CLASSES, 0.5).eval()
+    nets.init_creff_identity(model.lr_net.fuse_attention)
+    with torch.no_grad():  # a non-zero value conv: the warped HR feature then reaches the output
+        model.lr_net.fuse_attention.hr_value_conv.weight[:, 0, 1, 1] = 1.0
+    rows = manifest.read_manifest(dataset, split="train")
+    data = FramePairDataset(rows, ClipCache(os.path.join(os.path.dirname(dataset), ".arseg_cache"), length=L),
+                            NUM_CLASSES)
+    frames, motion, label = data.clip(1)
+    for d in (1, L - 1):
+        pair = data.pair(1, d)
+        key, frame = model.normalize(frames[-1 - d]), model.normalize(frames[-1])
+        torch.testing.assert_close(model.normalize((pair["key"].permute(1, 2, 0) * 255).round().byte()), key)
+        with torch.no_grad():
+            train = lr_training_step(model.lr_net, model.hr_net, frame, pair["label"][None], key_image=key,
+                                     mv_to_key=pair["motion"][None], scale=0.5)
+            model.keyframe(key)
+            out = model.non_keyframe(frame, motion[d][None])
+        infer = torch.nn.functional.cross_entropy(out, label[None], ignore_index=255)
+        torch.testing.assert_close(train["seg_loss"], infer, rtol=1e-5, atol=1e-6)
+
+
 # ---- metrics ----
 
 
@@ -260,6 +304,19 @@ def test_cli_exit_codes(dataset, tmp_path, capsys):
     assert exc.value.code == 2 and "--num-classes is required" in capsys.readouterr().err
 
 
+def test_train_and_eval_through_the_cli(dataset, tmp_path, capsys):
+    # cli.main puts the sub-parser into the namespace: the checkpoint must still be writable (it once was not)
+    common = [dataset, "--num-classes", str(NUM_CLASSES), "--backbone", "tiny", "--length", str(L)]
+    hr = tmp_path / "hr"
+    assert cli.main(["train", *common, "--stage", "hr", "--out", str(hr), "--max-steps", "1", "--batch-size",
+                     "2", "--quiet"]) == 0
+    assert nets.load_checkpoint(str(hr / "last.pt"))["args"]["stage"] == "hr"
+    assert cli.main(["train", *common, "--stage", "ar", "--out", str(tmp_path / "ar"), "--max-steps", "1",
+                     "--batch-size", "2", "--quiet", "--hr-checkpoint", str(hr / "last.pt")]) == 0
+    assert cli.main(["eval", *common, "--checkpoint", str(tmp_path / "ar" / "last.pt")]) == 0
+    assert "mean" in capsys.readouterr().out
+
+
 # ---- evaluation ----
 
 
@@ -286,3 +343,21 @@ def test_eval_protocol_with_release_files_and_checkpoint(dataset, tmp_path):
         hr_only = dict(nets.load_checkpoint(str(tmp_path / "ar.pt")), stage="hr")
         nets.save_checkpoint(tmp_path / "hr.pt", hr_only)
         evaluate.evaluate(_parse(base + ["--checkpoint", str(tmp_path / "hr.pt")]))
+
+
+def test_accuracy_benchmark_runs_end_to_end(tmp_path):
+    # benchmarks/accuracy.py at toy size: every stage, the eval and the JSON (numbers meaningless at 2 steps)
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "accuracy.py")
+    out = tmp_path / "acc.json"
+    subprocess.run([sys.executable, script, "--dir", str(tmp_path / "work"), "--size", "32x48", "--sequences", "2",
+                    "--val-sequences", "1", "--frames", "14", "--label-every", "1", "--length", "4",
+                    "--hr-steps", "2", "--steps", "2", "--batch-size", "2", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert set(result["seconds"]) == {"hr", "lr", "ar", "eval"}
+    assert len(result["result"]["distances"]) == 4 and 0 <= result["result"]["lr_only"] <= 1
+    ar_args = nets.load_checkpoint(str(tmp_path / "work" / "ar" / "last.pt"))["args"]
+    assert ar_args["kernel_size"] == 3 and ar_args["creff_lr_mult"] == 10 and ar_args["creff_init"] == "default"

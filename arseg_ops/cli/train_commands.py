@@ -171,8 +171,9 @@ def register(subparsers):
     p.add_argument("--no-fusion-epochs", type=int, default=0, help="stage ar: first epochs without CReFF")
     p.add_argument("--creff-lr-mult", type=common.positive_float, default=1.0,
                    help="stage ar: learning rate of CReFF's parameters as a multiple of --lr")
-    p.add_argument("--creff-init", choices=("identity", "default"), default="identity",
-                   help="stage ar: CReFF's q/k/v convs start as identities (default) or PyTorch's random init")
+    p.add_argument("--creff-init", choices=("default", "identity"), default="default",
+                   help="stage ar: CReFF's q/k/v convs start with PyTorch's random init (default, as the release) "
+                        "or as identities with a zero value conv")
     p.add_argument("--crop", type=_training_size, help="training crop HxW (default: the frame size)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"))
     p.add_argument("--no-flip", action="store_true")

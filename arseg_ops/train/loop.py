@@ -70,6 +70,13 @@ class Distributed:
         return t.tolist()
 
 
+def _plain_args(args):
+    """The parsed arguments that are plain values (the CLI also puts its handler and sub-parser into the
+    namespace; those cannot be pickled into a checkpoint and mean nothing there)."""
+    plain = (str, int, float, bool, type(None), list, tuple)
+    return {k: v for k, v in vars(args).items() if isinstance(v, plain)}
+
+
 class Trainer:
     """Builds everything from parsed `arseg train` arguments; `train()` runs the remaining epochs."""
 
@@ -134,7 +141,7 @@ class Trainer:
                    "kernel_size": self.args.kernel_size, "scale": self.args.scale, "length": self.args.length,
                    "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
-                   "args": {k: v for k, v in vars(self.args).items() if k != "func"}}
+                   "args": _plain_args(self.args)}
         if self.teacher is not None:
             payload["hr_model"] = self.teacher.state_dict()
         return payload
