@@ -8,7 +8,8 @@
 // the K/2 + 2 rows above a task and K/2 + 1 columns on each side are recomputed by a neighbour), and the rings
 // (~1 MiB per strip, plan_strips) stay in the core's L2 cache.
 // Every buffer holds exact zeros outside the image, which is both the convolutions' zero padding and
-// local_attn's padding="zeros" (logit 0, value 0).
+// local_attn's padding="zeros" (logit 0, value 0). Denormals are flushed in the workers, as in local_attn
+// (cpu_fp.h: a peaked softmax would otherwise underflow into slow denormal arithmetic).
 // The pipeline is compiled three times, for baseline x86-64 (or the build's ISA elsewhere), AVX2 + FMA, and
 // AVX-512 (64-byte vectors), and the best one the CPU has runs (ARSEG_CPU_ISA=baseline|avx2|avx512 caps it,
 // for tests and comparisons). Inputs are read through their strides (NCHW, channels_last, any view); the
@@ -31,6 +32,7 @@
 #include "../mv_warp_math.h"
 #include "../op_common.h"
 #include "../static_switch.h"
+#include "cpu_fp.h"
 #include "creff_plan.h"
 
 namespace arseg {
@@ -127,7 +129,7 @@ void creff_kernel(const CreffData<scalar_t, acc_t>& d) {
   const int64_t tasks = plan.tasks(p.N);
   // Small calls run on the calling thread: waking the pool costs more than they take.
   const int64_t grain = p.N * p.C * p.H * p.W < (int64_t(1) << 16) ? tasks : 1;
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { run(d, plan, begin, end); });
+  cpu::parallel_for_ftz(0, tasks, grain, [&](int64_t begin, int64_t end) { run(d, plan, begin, end); });
 }
 
 at::Tensor creff_cpu(const at::Tensor& key_feature, const at::Tensor& mv, const at::Tensor& lr_feature,
