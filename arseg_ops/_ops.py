@@ -215,13 +215,18 @@ def _creff_backward(ctx, grad):
                for i, x in enumerate((lr_up, hr, hr)))
     grad = grad.contiguous()
     dq, dk, dv = _ops.local_attn_backward(grad, q, k, v, kernel_size, scale, "zeros")
+    del q, k, v  # each full-size intermediate is dropped as soon as it is used up: lower peak memory
     need_hr = need_key or need_mv
     d_lr_up, dw_q, db_q = _depthwise_backward(dq, lr_up, weight[0], [need_lr, need_w, need_b])
+    del dq, lr_up
     d_hr_k, dw_k, db_k = _depthwise_backward(dk, hr, weight[1], [need_hr, need_w, need_b])
+    del dk
     d_hr_v, dw_v, db_v = _depthwise_backward(dv, hr, weight[2], [need_hr, need_w, need_b])
+    del dv, hr
     grad_key = grad_mv = grad_lr = grad_w = grad_b = None
     if need_hr:
         d_hr = (d_hr_k + d_hr_v).contiguous()
+        del d_hr_k, d_hr_v
         if need_key:
             grad_key = _ops.mv_warp_backward_feature(d_hr, mv, sx, sy, "bilinear", "zeros")
         if need_mv:
