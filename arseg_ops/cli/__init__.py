@@ -1,6 +1,6 @@
 """The `arseg` command (also `python -m arseg_ops`): one module per command group, registered here.
 
-    bench             bench_command.py    fused vs reference kernels (the main job)
+    bench             bench_command.py    fused kernels vs their baselines, AR-Seg key vs non-key frames (main job)
     flops             flops_command.py    GMACs next to the paper's Table 1
     segment, motion   video_commands.py   AR-Seg and codec motion on H.264 videos
     manifest, synthetic, train, eval

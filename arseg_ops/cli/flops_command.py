@@ -45,11 +45,10 @@ def run(args, parser):
 
 
 def register(sub):
-    p = sub.add_parser("flops", parents=[common.backbone_options()],
+    p = sub.add_parser("flops", parents=[common.backbone_options(), common.gop_options()],
                        help="HR, LR and AR-Seg GMACs per frame next to the paper's numbers",
                        description="Count multiply-accumulates of the HR network, the LR network with CReFF and "
                                    "their GOP average, next to the AR-Seg paper's Table 1 where it applies.")
     p.add_argument("--size", type=common.size, default=(720, 960), help="image HxW (default 720x960, CamVid)")
-    p.add_argument("--gop", type=common.positive_int, default=12, help="keyframe interval (default 12)")
     p.set_defaults(func=run)
     return p
