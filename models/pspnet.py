@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import DilatedResNet18, conv_bn
+from .backbones import DilatedResNet18, conv_bn, pointwise_conv
 from .creff import resize_ac
 from .segnet import SegNet
 
@@ -129,7 +129,7 @@ class PSPNet18(SegNet):
         return p, class_f
 
     def classify(self, feature, out_size=None):
-        logits = self.final_conv(feature)
+        logits = pointwise_conv(feature, self.final_conv)
         logits = resize_ac(logits, feature.shape[-2:] if out_size is None else out_size)
         return F.log_softmax(logits, dim=1)
 

@@ -355,7 +355,7 @@ def test_lr_branch_compiles():
 # ---------------- cheaper evaluation of the same functions: pyramid pooling, PSP bottleneck, folded BN ----------------
 
 
-from arseg_ops.models.backbones import BasicBlock, conv_bn  # noqa: E402
+from arseg_ops.models.backbones import BasicBlock, conv_bn, pointwise_conv  # noqa: E402
 from arseg_ops.models.bisenet import ConvBNReLU  # noqa: E402
 from arseg_ops.models.pspnet import PSPModule, PSPUpsample, pyramid_avg_pool  # noqa: E402
 
@@ -504,3 +504,23 @@ def test_fused_and_unfused_creff_agree(backbone):
     assert fused_creff.abs().max() > 0.1
     torch.testing.assert_close(fused_creff, unfused_creff, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(outs[0], outs[1], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_matches_the_convolution(bias):
+    """models.backbones.pointwise_conv (a GEMM for NCHW input on CPU) equals the 1x1 convolution, and falls back
+    to it for channels_last input and for other convolutions."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 5, 1, bias=bias)
+    x = torch.randn(2, 16, 7, 9, requires_grad=True)
+    out = pointwise_conv(x, conv)
+    torch.testing.assert_close(out, conv(x), atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    conv(x).square().sum().backward()
+    torch.testing.assert_close(grad, x.grad, atol=1e-5, rtol=1e-5)
+    cl = x.detach().to(memory_format=torch.channels_last)
+    torch.testing.assert_close(pointwise_conv(cl, conv), conv(cl), atol=1e-5, rtol=1e-5)
+    conv3 = torch.nn.Conv2d(16, 5, 3, padding=1)
+    torch.testing.assert_close(pointwise_conv(x, conv3), conv3(x))
