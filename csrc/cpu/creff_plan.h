@@ -17,8 +17,8 @@ struct Strides4 {
   int64_t n, c, h, w;
 };
 
-// Halo columns kept on each side of a strip in every ring buffer: >= K/2 + 1 for every kernel size, and a
-// multiple of 8 so the vector chunks start aligned.
+// Halo columns kept on each side of a strip in every ring buffer: >= K/2 + 1 for every kernel size (the
+// attention reads K/2 columns beyond a strip, the k/v convolutions one more).
 constexpr int64_t kPad = 8;
 static_assert(kPad >= kMaxKernelSize / 2 + 1, "strip halo too small for the largest window");
 
