@@ -13,7 +13,7 @@ import torch
 from ._loader import build_info, experimental_kernels, poison_outputs
 
 __all__ = ["poison_outputs", "experimental_kernels", "cuda_available", "TOLERANCES", "tolerance", "assert_close",
-           "max_abs_error", "assert_low_precision_close"]
+           "max_abs_error", "assert_low_precision_close", "assert_compiled_matches_eager"]
 
 # Kernel vs reference, same dtype, O(1) random inputs. float32 sums of a few hundred products (C*k*k terms)
 # differ from the reference's order of summation by a few ulps of the largest partial sum.
@@ -57,3 +57,18 @@ def assert_low_precision_close(ours, theirs, truth, what):
     floor = eps * max(1.0, truth.abs().max().item())
     err_ours, err_theirs = max_abs_error(ours, truth), max_abs_error(theirs, truth)
     assert err_ours <= 2 * err_theirs + floor, f"{what}: error {err_ours:.3g} vs PyTorch {err_theirs:.3g}"
+
+
+def assert_compiled_matches_eager(fn, inputs):
+    """torch.compile(fn, fullgraph=True) gives fn's value and the same gradients for every input (fn returns a
+    scalar; each call gets fresh leaf copies of `inputs`)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    a = [t.detach().clone().requires_grad_() for t in inputs]
+    b = [t.detach().clone().requires_grad_() for t in inputs]
+    out_compiled, out_eager = compiled(*a), fn(*b)
+    torch.testing.assert_close(out_compiled, out_eager)
+    out_compiled.backward()
+    out_eager.backward()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.grad, y.grad)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import arseg_ops
-from arseg_ops import reference
+from arseg_ops import reference, testing
 
 # (N, C, H, W, h, w, Hb, Wb, kernel_size): odd sizes, H and W not multiples of the motion block, lr at the output
 # size and at 1 pixel, windows larger than the image, several tiles across and down (the CPU kernel works in
@@ -207,20 +207,10 @@ def test_opcheck():
 
 
 def test_torch_compile_fullgraph():
-    torch._dynamo.reset()
-    inputs = _inputs((1, 4, 7, 9, 4, 5, 2, 3, 3))
-
     def step(key, mv, lr, weight, bias):
         return (arseg_ops.creff(key, mv, lr, weight, bias, kernel_size=3, mv_scale=0.5) * 2).square().sum()
 
-    compiled = torch.compile(step, fullgraph=True)
-    a = [t.clone().requires_grad_() for t in inputs]
-    b = [t.clone().requires_grad_() for t in inputs]
-    torch.testing.assert_close(compiled(*a), step(*b))
-    compiled(*a).backward()
-    step(*b).backward()
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x.grad, y.grad)
+    testing.assert_compiled_matches_eager(step, _inputs((1, 4, 7, 9, 4, 5, 2, 3, 3)))
 
 
 def _bad(**changes):

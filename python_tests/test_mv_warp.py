@@ -221,19 +221,10 @@ def test_output_memory_format_matches_fake_kernel(device, warp_kernels):
 
 
 def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
-    feature, mv = _inputs((1, 4, 8, 10, 2, 5), device, torch.float32)
-
     def step(f, m):
         return (arseg_ops.mv_warp(f, m, scale=0.5, padding_mode="border") * 2).sum()
 
-    compiled = torch.compile(step, fullgraph=True)
-    args_c = [t.clone().requires_grad_() for t in (feature, mv)]
-    args_e = [t.clone().requires_grad_() for t in (feature, mv)]
-    compiled(*args_c).backward()
-    step(*args_e).backward()
-    for a, b in zip(args_c, args_e):
-        torch.testing.assert_close(a.grad, b.grad)
+    testing.assert_compiled_matches_eager(step, _inputs((1, 4, 8, 10, 2, 5), device, torch.float32))
 
 
 @pytest.mark.skipif("not config.getoption('--run-large', default=False)", reason="needs ~20 GB; run with --run-large")
