@@ -15,6 +15,7 @@ Parallel build: torch's BuildExtension compiles with ninja when the `ninja` pack
 one after another otherwise (it warns "could not find ninja"). Add `-v` to pip to see the compiler commands.
 """
 import glob
+import importlib.util
 import os
 import sys
 
@@ -24,6 +25,18 @@ import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_build_flags():
+    """arseg_ops/_build_flags.py, loaded by path (the package is not importable before it is built): the nvcc
+    flags live there once, for this build and for CI's compile check (.ci/cuda_compile_check.py)."""
+    spec = importlib.util.spec_from_file_location("arseg_build_flags", os.path.join(HERE, "arseg_ops", "_build_flags.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_flags = _load_build_flags()
 
 
 def _flag(name):
@@ -52,7 +65,7 @@ def _cuda_archs():
             major, minor = torch.cuda.get_device_capability()
             archs = "%d.%d" % (major, minor)
         else:
-            archs = "8.0;9.0"
+            archs = build_flags.DEFAULT_ARCHS
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # torch's BuildExtension reads it
     return archs
 
@@ -94,10 +107,9 @@ def _extension():
         ("ARSEG_CUDA_ARCHS", '"%s"' % archs),
     ]
     sources += _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu")
-    nvcc_flags = ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
-    nvcc_flags += ["-O0", "-G", "-g", "-UNDEBUG"] if debug else ["-O3", "-lineinfo"]
+    # torch puts its COMMON_NVCC_FLAGS (no implicit half/bfloat16 conversions) in front of these.
     return CUDAExtension("arseg_ops._C", sources, define_macros=define_macros,
-                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+                         extra_compile_args={"cxx": cxx_flags, "nvcc": build_flags.nvcc_flags(debug)})
 
 
 setup(

@@ -150,7 +150,7 @@ __device__ __forceinline__ void stage(T* dst, int rows, PixelOf pixel_of, const 
       if constexpr (sizeof(T) == 4) {
         cp_async4(dst + r * G::RS + c, src, ok ? 4 : 0);
       } else {
-        dst[r * G::RS + c] = ok ? *src : T(0.0f);
+        dst[r * G::RS + c] = ok ? *src : from_acc<T>(0.0f);  // no T(float): torch builds with __CUDA_NO_HALF_CONVERSIONS__
       }
     }
   }
