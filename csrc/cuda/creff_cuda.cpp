@@ -7,7 +7,6 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include "creff.h"
 #include "cuda_glue.h"
 
 namespace arseg {
@@ -68,7 +67,7 @@ at::Tensor creff_cuda(const at::Tensor& key_feature, const at::Tensor& mv, const
   const auto layout = creff_output_channels_last(key_feature) ? at::MemoryFormat::ChannelsLast
                                                               : at::MemoryFormat::Contiguous;
   const auto p = make_creff_params(key_feature, mv, lr_feature, kernel_size, scale, mv_scale_x, mv_scale_y);
-  if (!experimental_kernel("creff") || !cuda::creff_fused_supported(p)) {
+  if (!cuda::creff_runs_fused(experimental_kernel("creff"), p)) {
     at::Tensor out = new_output(key_feature.sizes(), key_feature.options().memory_format(layout));
     if (out.numel() > 0)
       creff_composed(out, key_feature, mv, lr_feature, weight, bias, kernel_size, scale, mv_scale_x, mv_scale_y);

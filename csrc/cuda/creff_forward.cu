@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
                          T* __restrict__ out) {
   using acc_t = typename AccType<T>::type;
   using S = CreffTile<acc_t, K>;
-  __shared__ CreffShared<acc_t, K> sh;
+  ARSEG_SHARED(sh, CreffShared<acc_t, K>);
   const int64_t HW = p.H * p.W;
   const int ty = threadIdx.y, tx = threadIdx.x;
   // kv-region offset of this thread's pixel, and of its window position j: centre + (dy, dx).
@@ -228,7 +228,7 @@ cudaError_t creff_forward(const CreffParams& p, const T* key_feature, const T* m
   const LocalAttnParams ap{p.N, p.C, p.C, p.H, p.W, p.kernel_size, p.scale, AttnPadding::Zeros};
   ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
     if constexpr (K != kGenericKernelSize)  // creff_fused_supported excludes the other sizes
-      creff_forward_kernel<T, K><<<tile_grid(ap), dim3(kTileW, kTileH), 0, stream>>>(p, ap, key_feature, mv,
+      ARSEG_LAUNCH(tile_grid(ap), dim3(kTileW, kTileH), 0, stream, creff_forward_kernel<T, K>)(p, ap, key_feature, mv,
                                                                                      lr_feature, weight, bias, out);
   });
   return cudaGetLastError();

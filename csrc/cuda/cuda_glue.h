@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../op_common.h"
+#include "kernel_choice.h"
 #include "kernels.h"
 
 namespace arseg {
@@ -45,6 +46,16 @@ typename CudaType<scalar_t>::type* out_ptr(at::Tensor& t) {
 // Device scratch memory of `bytes` bytes from the caching allocator (kept alive by the returned tensor).
 inline at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+inline ElemType elem_type(at::ScalarType type) {
+  switch (type) {
+    case at::kDouble: return ElemType::Float64;
+    case at::kFloat: return ElemType::Float32;
+    case at::kHalf: return ElemType::Float16;
+    case at::kBFloat16: return ElemType::BFloat16;
+    default: TORCH_CHECK(false, "arseg_ops: the CUDA kernels do not support ", type);
+  }
 }
 
 inline void check_launch(cudaError_t err, const char* op) {

@@ -9,6 +9,7 @@
 
 #include "../static_switch.h"
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace arseg {
 namespace cuda {

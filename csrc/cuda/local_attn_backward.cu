@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                             typename AccType<T>::type* __restrict__ stats) {
   using acc_t = typename AccType<T>::type;
   using S = Tile<acc_t, K>;
-  __shared__ acc_t s[S::CC * S::PLANE];
+  ARSEG_SHARED(s, acc_t[S::CC * S::PLANE]);
   const int64_t HW = p.H * p.W;
   const acc_t scale = static_cast<acc_t>(p.scale);
   for_each_tile(p, [&](int64_t n, int64_t y0, int64_t x0) {
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                           const typename AccType<T>::type* __restrict__ stats) {
   using acc_t = typename AccType<T>::type;
   using S = Tile<acc_t, K>;
-  __shared__ acc_t s[S::CC * S::PLANE];
+  ARSEG_SHARED(s, acc_t[S::CC * S::PLANE]);
   const int64_t HW = p.H * p.W;
   const acc_t scale = static_cast<acc_t>(p.scale);
   for_each_tile(p, [&](int64_t n, int64_t y0, int64_t x0) {
@@ -251,15 +251,17 @@ cudaError_t local_attn_backward(const LocalAttnParams& p, const T* grad_output, 
   return ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
     const dim3 grid = tile_grid(p), block(kTileW, kTileH);
     if constexpr (K == kGenericKernelSize)
-      query_grad_generic_kernel<T><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dq, stats);
+      ARSEG_LAUNCH(grid, block, 0, stream, query_grad_generic_kernel<T>)(p, grad_output, query, key, value, dq, stats);
     else
-      query_grad_tiled_kernel<T, K><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dq, stats);
+      ARSEG_LAUNCH(grid, block, 0, stream, query_grad_tiled_kernel<T, K>)(p, grad_output, query, key, value, dq, stats);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     if constexpr (K == kGenericKernelSize)
-      key_grad_generic_kernel<T><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dk, dv, stats);
+      ARSEG_LAUNCH(grid, block, 0, stream, key_grad_generic_kernel<T>)
+          (p, grad_output, query, key, value, dk, dv, stats);
     else
-      key_grad_tiled_kernel<T, K><<<grid, block, 0, stream>>>(p, grad_output, query, key, value, dk, dv, stats);
+      ARSEG_LAUNCH(grid, block, 0, stream, key_grad_tiled_kernel<T, K>)
+          (p, grad_output, query, key, value, dk, dv, stats);
     return cudaGetLastError();
   });
 }

@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "cuda_glue.h"
-#include "local_attn_v2.h"
+#include "kernel_choice.h"
 
 namespace arseg {
 namespace {
@@ -26,26 +26,12 @@ at::MemoryFormat layout_of(const at::Tensor& query) {
   return channels_last_layout(query) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// Fills *p and returns true when the v2 kernels are switched on and handle this call (call under the device guard).
+// Fills *p and returns true when the v2 kernels run this call (kernel_choice.h; call under the device guard).
 bool use_v2(const at::Tensor& q, const at::Tensor& v, int64_t kernel_size, double scale, c10::string_view padding,
             bool backward, cuda::LocalAttnV2Params* p) {
-  if (!experimental_kernel("local_attn")) return false;
-  const auto type = q.scalar_type();
-  if (type != at::kFloat && type != at::kHalf && type != at::kBFloat16) return false;
-  if (kernel_size > (backward ? cuda::kMaxV2BackwardKernelSize : cuda::kMaxV2KernelSize)) return false;
-  constexpr int64_t kIntMax = 2147483647;
-  for (int64_t d : {q.size(1), v.size(1), q.size(2), q.size(3)})
-    if (d > kIntMax) return false;
-  *p = {q.size(0),
-        static_cast<int>(q.size(1)),
-        static_cast<int>(v.size(1)),
-        static_cast<int>(q.size(2)),
-        static_cast<int>(q.size(3)),
-        static_cast<int>(kernel_size),
-        static_cast<float>(scale),
-        parse_attn_padding(std::string(padding)),
-        channels_last_layout(q)};
-  return cuda::local_attn_v2_supported(*p);
+  const auto params = make_local_attn_params(q, v, kernel_size, scale, padding);
+  return cuda::local_attn_runs_v2(experimental_kernel("local_attn"), cuda::elem_type(q.scalar_type()), params,
+                                  channels_last_layout(q), backward, p);
 }
 
 // Calls f(scalar_t{}) for the element types of the v2 kernels.

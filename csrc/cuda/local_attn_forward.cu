@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
                          const T* __restrict__ v, T* __restrict__ out) {
   using acc_t = typename AccType<T>::type;
   using S = Tile<acc_t, K>;
-  __shared__ acc_t s[S::CC * S::PLANE];
+  ARSEG_SHARED(s, acc_t[S::CC * S::PLANE]);
   const int64_t HW = p.H * p.W;
   for_each_tile(p, [&](int64_t n, int64_t y0, int64_t x0) {
     const PixelPos pp = pixel_pos(y0, x0, p.H, p.W);
@@ -98,9 +98,10 @@ cudaError_t local_attn_forward(const LocalAttnParams& p, const T* query, const T
   if (!is_valid_kernel_size(p.kernel_size)) return cudaErrorInvalidValue;
   ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
     if constexpr (K == kGenericKernelSize)
-      forward_generic_kernel<T><<<tile_grid(p), dim3(kTileW, kTileH), 0, stream>>>(p, query, key, value, out);
+      ARSEG_LAUNCH(tile_grid(p), dim3(kTileW, kTileH), 0, stream, forward_generic_kernel<T>)(p, query, key, value, out);
     else
-      forward_tiled_kernel<T, K><<<tile_grid(p), dim3(kTileW, kTileH), 0, stream>>>(p, query, key, value, out);
+      ARSEG_LAUNCH(tile_grid(p), dim3(kTileW, kTileH), 0, stream, forward_tiled_kernel<T, K>)
+          (p, query, key, value, out);
   });
   return cudaGetLastError();
 }

@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
                                     const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ dq,
                                     float* __restrict__ stats, bool vec) {
   using G = BwdGeo<T, K>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ARSEG_DYNAMIC_SHARED(smem_raw, unsigned char, 16);
   T* smem = reinterpret_cast<T*>(smem_raw);
   const Lane L0 = lane_info<G>(p.W), &L = L0;
   const int nC = (p.C + G::CH - 1) / G::CH, nV = (p.Cv + G::CH - 1) / G::CH, hw = p.H * p.W;
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
                                   const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ dk,
                                   T* __restrict__ dv, const float* __restrict__ stats, bool vec) {
   using G = BwdGeo<T, K>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ARSEG_DYNAMIC_SHARED(smem_raw, unsigned char, 16);
   T* smem = reinterpret_cast<T*>(smem_raw);
   float* halo_stats = reinterpret_cast<float*>(smem_raw + G::kSmemBytes);  // (lse, delta) per N-region row
   const Lane L0 = lane_info<G>(p.W), &L = L0;

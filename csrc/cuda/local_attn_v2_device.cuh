@@ -83,8 +83,7 @@ __device__ __forceinline__ Lane lane_info(int W) {
   return {ty * G::TH, tx * G::TW, warp, wy * kWarpTile, wx * kWarpTile, lane >> 2, lane & 3};
 }
 
-// L with its lane coordinates made opaque (see opaque()).
-__device__ __forceinline__ int opaque(int x);
+// L with its lane coordinates made opaque (see opaque() in ptx.cuh).
 __device__ __forceinline__ Lane fresh(const Lane& L) {
   return {L.y0, L.x0, L.warp, opaque(L.wy), opaque(L.wx), opaque(L.g), opaque(L.t)};
 }
@@ -112,15 +111,6 @@ __device__ __forceinline__ int n_row(const Lane& L, int n) {
 
 __device__ __forceinline__ bool inside(int y, int x, int H, int W) {
   return static_cast<unsigned>(y) < static_cast<unsigned>(H) && static_cast<unsigned>(x) < static_cast<unsigned>(W);
-}
-
-// The value of x, opaque to the optimiser: per-lane addresses derived from it are recomputed where they are used
-// instead of being hoisted out of the step loop into dozens of live registers (the staging offsets and score-tile
-// row offsets are loop-invariant, and hoisting them all spills).
-__device__ __forceinline__ int opaque(int x) {
-  int r;
-  asm volatile("mov.b32 %0, %1;\n" : "=r"(r) : "r"(x));
-  return r;
 }
 
 // ---- staging: channels [c0, c0 + CH) of `rows` pixels into dst[row][channel] ----
@@ -354,7 +344,7 @@ inline cudaError_t launch_tiles(void (*kernel)(KArgs...), size_t smem, const Loc
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  kernel<<<tile_grid<G>(p), G::THREADS, smem, stream>>>(args...);
+  ARSEG_LAUNCH(tile_grid<G>(p), G::THREADS, smem, stream, kernel)(args...);
   return cudaGetLastError();
 }
 

@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(FwdGeo<T, K>::THREADS, FwdCfg<T, K>::MIN_BLOCK
     local_attn_v2_forward_kernel(const LocalAttnV2Params p, const T* __restrict__ q, const T* __restrict__ k,
                                  const T* __restrict__ v, T* __restrict__ out, bool vec) {
   using G = FwdGeo<T, K>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  ARSEG_DYNAMIC_SHARED(smem_raw, unsigned char, 16);
   T* smem = reinterpret_cast<T*>(smem_raw);
   const Lane L = lane_info<G>(p.W);
   const int nC = (p.C + G::CH - 1) / G::CH, nV = (p.Cv + G::CH - 1) / G::CH;

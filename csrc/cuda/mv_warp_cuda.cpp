@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "cuda_glue.h"
-#include "mv_warp_v2.h"
+#include "kernel_choice.h"
 
 namespace arseg {
 namespace {
@@ -50,7 +50,7 @@ at::Tensor mv_warp_v2(const at::Tensor& feature, const at::Tensor& mv, double sc
   check_mv_warp_args("mv_warp", feature, mv, scale_x, scale_y);
   const auto p = make_mv_warp_params(feature, mv, scale_x, scale_y, mode, padding_mode);
   const cuda::Layout layout = layout_of(feature);
-  if (!cuda::mv_warp_v2_supports(p, layout))  // planes beyond 32-bit offsets: v1, in the promised layout
+  if (!cuda::mv_warp_runs_v2(use_v2(), p, layout))  // planes beyond 32-bit offsets: v1, in the promised layout
     return mv_warp_v1(feature, mv, scale_x, scale_y, mode, padding_mode).contiguous(memory_format(layout));
   const c10::cuda::CUDAGuard guard(feature.device());
   const at::Tensor f = in_layout(feature, layout), m = mv.contiguous();
@@ -70,7 +70,7 @@ at::Tensor mv_warp_backward_feature_v2(const at::Tensor& grad_output, const at::
   check_mv_warp_args("mv_warp_backward_feature", grad_output, mv, scale_x, scale_y);
   const auto p = make_mv_warp_params(grad_output, mv, scale_x, scale_y, mode, padding_mode);
   const cuda::Layout layout = layout_of(grad_output);
-  if (!cuda::mv_warp_v2_supports(p, layout))
+  if (!cuda::mv_warp_runs_v2(use_v2(), p, layout))
     return mv_warp_backward_feature_v1(grad_output, mv, scale_x, scale_y, mode, padding_mode)
         .contiguous(memory_format(layout));
   const c10::cuda::CUDAGuard guard(grad_output.device());
@@ -94,7 +94,7 @@ at::Tensor mv_warp_backward_mv_v2(const at::Tensor& grad_output, const at::Tenso
   check_grad_like("mv_warp_backward_mv", grad_output, feature, "feature");
   const auto p = make_mv_warp_params(feature, mv, scale_x, scale_y, mode, padding_mode);
   const cuda::Layout layout = layout_of(feature);  // grad_output is brought to feature's layout if it differs
-  if (!cuda::mv_warp_v2_supports(p, layout))
+  if (!cuda::mv_warp_runs_v2(use_v2(), p, layout))
     return mv_warp_backward_mv_v1(grad_output, feature, mv, scale_x, scale_y, mode, padding_mode);
   const c10::cuda::CUDAGuard guard(feature.device());
   const at::Tensor go = in_layout(grad_output, layout), f = in_layout(feature, layout), m = mv.contiguous();

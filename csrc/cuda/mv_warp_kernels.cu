@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     block_mv_grad_kernel(MvWarpParams p, const acc_t* __restrict__ ws, T* __restrict__ grad_mv) {
-  __shared__ acc_t red[2][kThreads];
+  ARSEG_SHARED(red, acc_t[2][kThreads]);
   const int64_t HW = p.H * p.W, P = p.N * HW, blocks = p.Hb * p.Wb;
   const int tid = threadIdx.x;
   for (int64_t b = blockIdx.x; b < p.N * blocks; b += gridDim.x) {
@@ -192,7 +192,7 @@ template <typename T>
 cudaError_t mv_warp_forward(const MvWarpParams& p, const T* feature, const T* mv, T* out, cudaStream_t stream) {
   if (!has_work(p)) return cudaSuccess;
   const PixelGrid g = pixel_grid(p, true);
-  forward_kernel<T><<<g.grid, kThreads, 0, stream>>>(p, feature, mv, out, g.chunk);
+  ARSEG_LAUNCH(g.grid, kThreads, 0, stream, forward_kernel<T>)(p, feature, mv, out, g.chunk);
   return cudaGetLastError();
 }
 
@@ -215,12 +215,12 @@ cudaError_t mv_warp_backward_feature(const MvWarpParams& p, const T* grad_output
   cudaError_t err = cudaMemsetAsync(acc, 0, static_cast<size_t>(count) * sizeof(acc_t), stream);
   if (err != cudaSuccess) return err;
   const PixelGrid g = pixel_grid(p, true);
-  backward_feature_kernel<T, acc_t><<<g.grid, kThreads, 0, stream>>>(p, grad_output, mv, acc, g.chunk);
+  ARSEG_LAUNCH(g.grid, kThreads, 0, stream, backward_feature_kernel<T, acc_t>)(p, grad_output, mv, acc, g.chunk);
   if (!in_place) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    convert_kernel<T, acc_t>
-        <<<grid_dim(ceil_div(count, kThreads), kMaxGridX), kThreads, 0, stream>>>(acc, grad_feature, count);
+    ARSEG_LAUNCH(grid_dim(ceil_div(count, kThreads), kMaxGridX), kThreads, 0, stream, convert_kernel<T, acc_t>)
+        (acc, grad_feature, count);
   }
   return cudaGetLastError();
 }
@@ -241,11 +241,11 @@ cudaError_t mv_warp_backward_mv(const MvWarpParams& p, const T* grad_output, con
   acc_t* ws = static_cast<acc_t*>(workspace);
   if (ws == nullptr) return cudaErrorInvalidValue;
   const PixelGrid g = pixel_grid(p, false);
-  pixel_mv_grad_kernel<T, acc_t><<<g.grid.x, kThreads, 0, stream>>>(p, grad_output, feature, mv, ws);
+  ARSEG_LAUNCH(g.grid.x, kThreads, 0, stream, pixel_mv_grad_kernel<T, acc_t>)(p, grad_output, feature, mv, ws);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  block_mv_grad_kernel<T, acc_t>
-      <<<grid_dim(p.N * p.Hb * p.Wb, kMaxGridX), kThreads, 0, stream>>>(p, ws, grad_mv);
+  ARSEG_LAUNCH(grid_dim(p.N * p.Hb * p.Wb, kMaxGridX), kThreads, 0, stream, block_mv_grad_kernel<T, acc_t>)
+      (p, ws, grad_mv);
   return cudaGetLastError();
 }
 

@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = typename AccType<T>::type;
   constexpr int CC = window_channels<acc_t>();
   static_assert(CC % VC == 0, "a vector of channels never straddles two passes");
-  __shared__ acc_t win[CC * kCells];
+  ARSEG_SHARED(win, acc_t[CC * kCells]);
   const int H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W, C = static_cast<int>(p.C);
   const int tiles_x = (W + kTileX - 1) / kTileX, tiles = tiles_x * ((H + kTileY - 1) / kTileY);
   const int c_begin = static_cast<int>(blockIdx.y) * chunk, c_end = min(c_begin + chunk, C);
@@ -135,9 +135,9 @@ void launch(const MvWarpParams& p, const T* grad_out, const T* mv, T* grad_feat,
   const dim3 grid(grid_dim(tiles, kMaxGridX), grid_dim(ceil_div(p.C, chunk), kMaxGridYZ),
                   grid_dim(p.N, kMaxGridYZ));
   if (VC > 1 && p.C % VC == 0 && aligned(grad_out, 16))
-    backward_feature_kernel<T, L, VC, NT><<<grid, kThreads, 0, stream>>>(p, grad_out, mv, grad_feat, chunk);
+    ARSEG_LAUNCH(grid, kThreads, 0, stream, backward_feature_kernel<T, L, VC, NT>)(p, grad_out, mv, grad_feat, chunk);
   else
-    backward_feature_kernel<T, L, 1, NT><<<grid, kThreads, 0, stream>>>(p, grad_out, mv, grad_feat, chunk);
+    ARSEG_LAUNCH(grid, kThreads, 0, stream, backward_feature_kernel<T, L, 1, NT>)(p, grad_out, mv, grad_feat, chunk);
 }
 
 template <typename T, Layout L>

@@ -70,9 +70,9 @@ __global__ void __launch_bounds__(kThreads)
                       const T* __restrict__ mv, typename AccType<T>::type* __restrict__ ws, int vec_chunk,
                       int lanes_log2) {
   using acc_t = typename AccType<T>::type;
-  __shared__ int s_off[4][kThreads];
-  __shared__ acc_t s_dx[4][kThreads];
-  __shared__ acc_t s_dy[4][kThreads];
+  ARSEG_SHARED(s_off, int[4][kThreads]);
+  ARSEG_SHARED(s_dx, acc_t[4][kThreads]);
+  ARSEG_SHARED(s_dy, acc_t[4][kThreads]);
   const int W = static_cast<int>(p.W), HW = static_cast<int>(p.H * p.W), C = static_cast<int>(p.C);
   const int64_t P = p.N * HW;
   const int nvec = C / VC, slice = static_cast<int>(blockIdx.y);
@@ -232,18 +232,18 @@ cudaError_t mv_warp_v2_backward_mv(const MvWarpParams& p, Layout layout, const T
   const dim3 grid(grid_dim(tiles, kMaxGridX), static_cast<unsigned>(s.slices), grid_dim(p.N, kMaxGridYZ));
   constexpr int VC = v2::channels_per_vector<T>();
   if (layout == Layout::NCHW)
-    v2::pixel_nchw_kernel<T><<<grid, v2::kThreads, 0, stream>>>(p, grad_output, feature, mv, ws, s.chunk);
+    ARSEG_LAUNCH(grid, v2::kThreads, 0, stream, v2::pixel_nchw_kernel<T>)(p, grad_output, feature, mv, ws, s.chunk);
   else if (s.vec)
-    v2::pixel_nhwc_kernel<T, VC>
-        <<<grid, v2::kThreads, 0, stream>>>(p, grad_output, feature, mv, ws, s.chunk, v2::lanes_log2(s.chunk));
+    ARSEG_LAUNCH(grid, v2::kThreads, 0, stream, v2::pixel_nhwc_kernel<T, VC>)
+        (p, grad_output, feature, mv, ws, s.chunk, v2::lanes_log2(s.chunk));
   else
-    v2::pixel_nhwc_kernel<T, 1>
-        <<<grid, v2::kThreads, 0, stream>>>(p, grad_output, feature, mv, ws, s.chunk, v2::lanes_log2(s.chunk));
+    ARSEG_LAUNCH(grid, v2::kThreads, 0, stream, v2::pixel_nhwc_kernel<T, 1>)
+        (p, grad_output, feature, mv, ws, s.chunk, v2::lanes_log2(s.chunk));
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const int64_t warps_per_cta = v2::kThreads / 32;
-  v2::block_kernel<T, acc_t><<<grid_dim(ceil_div(p.N * p.Hb * p.Wb, warps_per_cta), kMaxGridX), v2::kThreads, 0,
-                               stream>>>(p, ws, static_cast<int>(s.slices), grad_mv);
+  ARSEG_LAUNCH(grid_dim(ceil_div(p.N * p.Hb * p.Wb, warps_per_cta), kMaxGridX), v2::kThreads, 0, stream,
+               v2::block_kernel<T, acc_t>)(p, ws, static_cast<int>(s.slices), grad_mv);
   return cudaGetLastError();
 }
 

@@ -61,8 +61,8 @@ __global__ void __launch_bounds__(kThreads)
     forward_nhwc_kernel(MvWarpParams p, const T* __restrict__ feat, const T* __restrict__ mv, T* __restrict__ out,
                         int vec_chunk, int lanes_log2) {
   using acc_t = typename AccType<T>::type;
-  __shared__ int s_off[NT][kThreads];  // tap offset into the image: pixel index * C
-  __shared__ acc_t s_w[NT][kThreads];
+  ARSEG_SHARED(s_off, int[NT][kThreads]);  // tap offset into the image: pixel index * C
+  ARSEG_SHARED(s_w, acc_t[NT][kThreads]);
   const int W = static_cast<int>(p.W), HW = static_cast<int>(p.H * p.W), C = static_cast<int>(p.C);
   const int nvec = C / VC;
   const int v0 = static_cast<int>(blockIdx.y) * vec_chunk, v1 = min(v0 + vec_chunk, nvec);
@@ -134,9 +134,9 @@ void launch_forward(const MvWarpParams& p, Layout layout, const T* feat, const T
     const int chunk = static_cast<int>(ceil_div(p.C, parts));
     const dim3 grid(grid_dim(tiles, kMaxGridX), grid_dim(ceil_div(p.C, chunk), kMaxGridYZ), gz);
     if (vec)
-      forward_nchw_kernel<T, V, NT><<<grid, kThreads, 0, stream>>>(p, feat, mv, out, chunk);
+      ARSEG_LAUNCH(grid, kThreads, 0, stream, forward_nchw_kernel<T, V, NT>)(p, feat, mv, out, chunk);
     else
-      forward_nchw_kernel<T, 1, NT><<<grid, kThreads, 0, stream>>>(p, feat, mv, out, chunk);
+      ARSEG_LAUNCH(grid, kThreads, 0, stream, forward_nchw_kernel<T, 1, NT>)(p, feat, mv, out, chunk);
     return;
   }
   constexpr int VC = channels_per_vector<T>();
@@ -148,9 +148,9 @@ void launch_forward(const MvWarpParams& p, Layout layout, const T* feat, const T
   const dim3 grid(grid_dim(tiles, kMaxGridX), grid_dim(ceil_div(nvec, vec_chunk), kMaxGridYZ), gz);
   const int ll = lanes_log2(vec_chunk);
   if (vec)
-    forward_nhwc_kernel<T, VC, NT><<<grid, kThreads, 0, stream>>>(p, feat, mv, out, vec_chunk, ll);
+    ARSEG_LAUNCH(grid, kThreads, 0, stream, forward_nhwc_kernel<T, VC, NT>)(p, feat, mv, out, vec_chunk, ll);
   else
-    forward_nhwc_kernel<T, 1, NT><<<grid, kThreads, 0, stream>>>(p, feat, mv, out, vec_chunk, ll);
+    ARSEG_LAUNCH(grid, kThreads, 0, stream, forward_nhwc_kernel<T, 1, NT>)(p, feat, mv, out, vec_chunk, ll);
 }
 
 }  // namespace
