@@ -10,9 +10,10 @@ The arseg test suite (python_tests/) uses exactly these; downstream projects may
 """
 import torch
 
+from ._cuda_emu import CudaEmulationError
 from ._loader import build_info, experimental_kernels, poison_outputs
 
-__all__ = ["poison_outputs", "experimental_kernels", "cuda_available", "TOLERANCES", "tolerance", "assert_close",
+__all__ = ["poison_outputs", "experimental_kernels", "cuda_available", "cuda_emulated", "CudaEmulationError", "TOLERANCES", "tolerance", "assert_close",
            "max_abs_error", "assert_low_precision_close", "assert_compiled_matches_eager"]
 
 # Kernel vs reference, same dtype, O(1) random inputs. float32 sums of a few hundred products (C*k*k terms)
@@ -28,6 +29,25 @@ TOLERANCES = {
 def cuda_available():
     """True when a CUDA device is visible and the installed arseg_ops was built with CUDA kernels."""
     return torch.cuda.is_available() and build_info()["cuda"]
+
+
+def cuda_emulated(op, *, experimental=False, order="forward", seed=1, sm_count=132, misaligned=False,
+                  sanitize=None):
+    """`arseg_ops.<op>` ("mv_warp", "local_attn", "creff") run by the project's CUDA kernels on a CPU emulator.
+
+    The returned callable has the op's signature, takes CPU tensors and runs the kernels the CUDA glue would choose:
+    the verified defaults, or with experimental=True the opt-in set (ARSEG_EXPERIMENTAL_KERNELS=all); outputs come
+    back in the memory format the CUDA op returns. It is differentiable: backward runs the emulated backward
+    kernels. `.kernels` lists the kernels each call ran ("composed" where creff composes the unfused ops).
+    The emulated device: threads of a block scheduled in `order` ("forward", "reverse", "random" with `seed`),
+    `sm_count` multiprocessors (132: an H100; 1 shows other launch heuristics), `misaligned=True` offsets every
+    buffer by one element (the kernels' scalar paths). sanitize: None (ARSEG_CUDA_EMU_SANITIZE, default plain),
+    "plain", "address" (ASan + UBSan) or "thread" (TSan). The first call builds the emulator from the checkout's
+    csrc/ (cached; see arseg_ops/_cuda_emu.py). Errors the emulator or a sanitizer finds raise CudaEmulationError.
+    Needs a source checkout, g++ and x86-64 Linux; no GPU, no nvcc.
+    """
+    from . import _cuda_emu, _emulated_ops
+    return _emulated_ops.make(op, experimental, _cuda_emu.Options(order, seed, sm_count, misaligned, sanitize))
 
 
 def tolerance(dtype):

@@ -160,15 +160,3 @@ def test_local_attn_fake_kernels_describe_cuda_layouts():
             assert t.device.type == "cuda"
             assert t.is_contiguous(memory_format=CL) if expect_cl else t.is_contiguous(), (C, channels_last)
             assert expect_cl == (not t.is_contiguous())
-
-
-@pytest.mark.parametrize("kind, K, WY, WX, C, Cv, H, W, padding", [
-    ("16", 3, 2, 2, 5, 3, 9, 10, "zeros"),      # bf16/fp16 mapping, two tiles per direction, partial tiles
-    ("tf32", 5, 2, 2, 17, 3, 9, 10, "exclude"),  # float (3xTF32) mapping, two channel chunks
-    ("16", 1, 2, 4, 3, 2, 5, 18, "zeros"),      # K = 1 with the 2 x 4-warp CTA
-])
-def test_local_attn_v2_tiling_emulated_on_cpu(kind, K, WY, WX, C, Cv, H, W, padding):
-    """The v2 kernels' tiling, masks and MMA fragment mapping, emulated lane by lane (no GPU needed)."""
-    from local_attn_v2_emulation import run_against_reference
-
-    assert run_against_reference(kind, K, WY, WX, C, Cv, H, W, padding) < 1e-9

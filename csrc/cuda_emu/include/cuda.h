@@ -1,0 +1,3 @@
+// Stand-in for the CUDA toolkit header <cuda.h> when the kernels are compiled for the CPU emulator.
+#pragma once
+#include "../cuda_emu.h"
