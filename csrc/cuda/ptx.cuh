@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace arseg {
 namespace cuda {
@@ -58,31 +59,26 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // ---- mma.sync: d += a . b for one warp (fragments as the PTX ISA lays them out) ----
 
-__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
-                                             __nv_bfloat16) {
-#if defined(ARSEG_CUDA_EMULATION)
-  ::emu::mma_m16n8k16_f16(d, a, b0, b1, /*bf16=*/true);
-#elif __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  __trap();
-#endif
-}
+// One mma.sync with f32 accumulators d[4], A fragment a[4] and B fragment b0, b1 (string literals: the shape,
+// e.g. "m16n8k16", and the operands' PTX type, "f16", "bf16" or "tf32").
+#define ARSEG_MMA_SYNC(SHAPE, TYPE)                                                                          \
+  asm volatile("mma.sync.aligned." SHAPE ".row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+               "{%8,%9}, {%0,%1,%2,%3};\n"                                                                  \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                             \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
 
-__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
-                                             __half) {
+// 16-bit operands: T16 is __half or __nv_bfloat16 (a tag; the registers hold two elements each).
+template <typename T16>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, T16) {
+  constexpr bool kBf16 = std::is_same<T16, __nv_bfloat16>::value;
+  static_assert(std::is_same<T16, __half>::value || std::is_same<T16, __nv_bfloat16>::value, "16-bit operands");
 #if defined(ARSEG_CUDA_EMULATION)
-  ::emu::mma_m16n8k16_f16(d, a, b0, b1, /*bf16=*/false);
+  ::emu::mma_m16n8k16_f16(d, a, b0, b1, kBf16);
 #elif __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  if constexpr (kBf16)
+    ARSEG_MMA_SYNC("m16n8k16", "bf16");
+  else
+    ARSEG_MMA_SYNC("m16n8k16", "f16");
 #else
   __trap();
 #endif
@@ -92,15 +88,13 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (
 #if defined(ARSEG_CUDA_EMULATION)
   ::emu::mma_m16n8k8_tf32(d, a, b0, b1);
 #elif __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  ARSEG_MMA_SYNC("m16n8k8", "tf32");
 #else
   __trap();
 #endif
 }
+
+#undef ARSEG_MMA_SYNC
 
 // x rounded to TF32 (round to nearest, ties away from zero; the low 13 mantissa bits zero).
 __device__ __forceinline__ uint32_t to_tf32(float x) {
