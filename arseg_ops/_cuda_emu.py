@@ -5,8 +5,8 @@ The emulator is the real csrc/cuda/*.cu source compiled by the host C++ compiler
 threads run as fibers with real barriers and warp rendezvous; mma.sync and cp.async follow the PTX ISA), linked
 with csrc/cuda_emu/harness.cpp, which runs one op call with the kernels the CUDA glue would choose
 (csrc/cuda/kernel_choice.h). Built on first use from the checkout's csrc/ (or ARSEG_CUDA_EMU_SOURCE), one object
-per translation unit cached under a hash of its source, every header and the flags: editing a .cu rebuilds that
-file only, no reinstall. Three builds: plain, address (ASan + UBSan), thread (TSan); ARSEG_CUDA_EMU_SANITIZE picks.
+per translation unit cached under a hash of its source, the headers it includes and the flags: editing a .cu or a
+header rebuilds what includes it, no reinstall. Three builds: plain, address (ASan + UBSan), thread (TSan); ARSEG_CUDA_EMU_SANITIZE picks.
 Cache: ARSEG_CUDA_EMU_CACHE, else build/cuda_emu in the checkout, else ~/.cache/arseg/cuda_emu.
 """
 import concurrent.futures
@@ -14,6 +14,7 @@ import fcntl
 import glob
 import hashlib
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -100,6 +101,49 @@ def _digest(*parts):
 _built = {}
 
 
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return _digest(f.read())
+
+
+class _Unit:
+    """One translation unit: its object is reused while the unit, the command and every header the compiler read
+    for it (recorded from -MD in a manifest) are unchanged; any edit recompiles just the units that include it."""
+
+    def __init__(self, path, cmd, out_dir, version):
+        self.path, self.cmd = path, cmd
+        key = _digest(_file_digest(path), " ".join(cmd), version)
+        self.stem = os.path.join(out_dir, "%s-%s" % (os.path.basename(path), key))
+
+    def cached_object(self):
+        try:
+            with open(self.stem + ".deps") as f:
+                deps = json.load(f)
+            if all(os.path.exists(d) and _file_digest(d) == h for d, h in deps.items()):
+                obj = "%s-%s.o" % (self.stem, _digest(*sorted(deps.items())))
+                return obj if os.path.exists(obj) else None
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def compile(self):
+        """Builds the object; returns (object path, None) or (None, the compiler's error)."""
+        tmp = self.stem + ".tmp.o"
+        proc = subprocess.run(self.cmd + ["-MD", "-MF", self.stem + ".tmp.d", "-c", self.path, "-o", tmp],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            return None, " ".join(self.cmd) + " -c " + self.path + "\n" + proc.stderr[-6000:]
+        with open(self.stem + ".tmp.d") as f:
+            names = f.read().replace("\\\n", " ").split(":", 1)[1].split()
+        deps = {os.path.abspath(d): _file_digest(d) for d in names}
+        obj = "%s-%s.o" % (self.stem, _digest(*sorted(deps.items())))
+        os.replace(tmp, obj)  # an interrupted build never leaves a truncated cached object
+        with open(self.stem + ".deps", "w") as f:
+            json.dump(deps, f)
+        os.remove(self.stem + ".tmp.d")
+        return obj, None
+
+
 def harness_path(mode=None):
     """Path of the emulator executable for `mode` (default: ARSEG_CUDA_EMU_SANITIZE), built or rebuilt as needed."""
     mode = mode or sanitize_mode()
@@ -114,48 +158,36 @@ def harness_path(mode=None):
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     includes = ["-I" + os.path.join(src, "cuda_emu", "include"), "-I" + os.path.join(src, "cuda_emu"),
                 "-I" + src, "-I" + os.path.join(src, "cuda")]
-    headers = sorted(glob.glob(os.path.join(src, "**", "*.h"), recursive=True)
-                     + glob.glob(os.path.join(src, "**", "*.cuh"), recursive=True))
-    header_digest = _digest(*[open(h, "rb").read() for h in headers], *headers)
-    units = [(p, _MODE_FLAGS[mode] + ["-x", "c++"]) for p in sorted(glob.glob(os.path.join(src, "cuda", "*.cu")))]
-    units += [(os.path.join(src, "cuda_emu", "harness.cpp"), _MODE_FLAGS[mode]),
-              (os.path.join(src, "cuda_emu", "cuda_emu_mem.cpp"), _MODE_FLAGS[mode]),
-              (os.path.join(src, "cuda_emu", "cuda_emu.cpp"), _SCHEDULER_FLAGS[mode])]
+    sources = [(p, _MODE_FLAGS[mode] + ["-x", "c++"]) for p in sorted(glob.glob(os.path.join(src, "cuda", "*.cu")))]
+    sources += [(os.path.join(src, "cuda_emu", "harness.cpp"), _MODE_FLAGS[mode]),
+                (os.path.join(src, "cuda_emu", "cuda_emu_mem.cpp"), _MODE_FLAGS[mode]),
+                (os.path.join(src, "cuda_emu", "cuda_emu.cpp"), _SCHEDULER_FLAGS[mode])]
     out_dir = os.path.join(_cache_root(src), mode)
     os.makedirs(out_dir, exist_ok=True)
-    jobs = []
-    for path, flags in units:
-        cmd = [cxx] + _COMMON + _torch_macro_flags() + flags + includes
-        key = _digest(open(path, "rb").read(), header_digest, " ".join(cmd), version)
-        obj = os.path.join(out_dir, "%s-%s.o" % (os.path.basename(path), key))
-        jobs.append((cmd + ["-c", path, "-o", obj], obj))
-    exe = os.path.join(out_dir, "harness-" + _digest(*[obj for _, obj in jobs]))
+    units = [_Unit(path, [cxx] + _COMMON + _torch_macro_flags() + flags + includes, out_dir, version)
+             for path, flags in sources]
     with open(os.path.join(out_dir, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test processes build once
+        objects = [u.cached_object() for u in units]
+        todo = [u for u, obj in zip(units, objects) if obj is None]
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+            built = iter(list(pool.map(_Unit.compile, todo)))
+        errors = []
+        for i, obj in enumerate(objects):
+            if obj is None:
+                objects[i], error = next(built)
+                errors += [error] if error else []
+        if errors:
+            raise RuntimeError("arseg_ops CUDA emulator: compile failed (%s mode):\n%s" % (mode, errors[0]))
+        exe = os.path.join(out_dir, "harness-" + _digest(*objects))
         if not os.path.exists(exe):
-            todo = [(cmd, obj) for cmd, obj in jobs if not os.path.exists(obj)]
-            with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-                results = list(pool.map(lambda j: _compile(*j), todo))
-            failures = [r for r in results if r]
-            if failures:
-                raise RuntimeError("arseg_ops CUDA emulator: compile failed (%s mode):\n%s" % (mode, failures[0]))
-            link = [cxx] + _MODE_FLAGS[mode] + [obj for _, obj in jobs] + ["-o", exe + ".tmp"]
+            link = [cxx] + _MODE_FLAGS[mode] + objects + ["-o", exe + ".tmp"]
             proc = subprocess.run(link, capture_output=True, text=True)
             if proc.returncode:
                 raise RuntimeError("arseg_ops CUDA emulator: link failed:\n" + proc.stderr[-4000:])
             os.replace(exe + ".tmp", exe)
     _built[(src, mode)] = exe
     return exe
-
-
-def _compile(cmd, obj):
-    """Compiles to a temporary name and renames: an interrupted build never leaves a truncated cached object."""
-    assert cmd[-1] == obj
-    proc = subprocess.run(cmd[:-1] + [obj + ".tmp"], capture_output=True, text=True)
-    if proc.returncode:
-        return " ".join(cmd) + "\n" + proc.stderr[-6000:]
-    os.replace(obj + ".tmp", obj)
-    return None
 
 
 # ---- one call ----
