@@ -114,7 +114,7 @@ class _Emulated:
         N, C, H, W = key.shape
         sizes = dict(N=N, C=C, H=H, W=W, h=lr.shape[2], w=lr.shape[3], Hb=mv.shape[2], Wb=mv.shape[3],
                      K=int(kernel_size), scale=float(scale), msx=float(sx), msy=float(sy))
-        outs = self.run("creff_forward", dtype=key.dtype, nhwc=False, sizes=sizes,
+        outs = self.run("creff_forward", dtype=key.dtype, nhwc=creff_channels_last(key), sizes=sizes,
                         inputs=[key, mv, lr, weight, bias], output_shapes=[key.shape])
         return None if outs is None else outs[0]
 

@@ -44,10 +44,18 @@ def test_default_is_the_composition(dtype):
 
 
 @pytest.mark.parametrize("experimental", [False, True], ids=["default", "experimental"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
-def test_channels_last(experimental, dtype):
-    _, out = _case(dtype, channels_last=True, experimental=experimental)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("C", [3, 8])  # 8: whole vector chunks; 3: the element-wise path
+def test_channels_last(experimental, dtype, C):
+    kernels, out = _case(dtype, C=C, channels_last=True, experimental=experimental)
     assert out.is_contiguous(memory_format=torch.channels_last)
+    assert kernels[0] == ("creff_forward" if experimental else "composed")
+
+
+@pytest.mark.parametrize("K", [1, 3, 5, 7])
+def test_fused_channels_last_kernel_sizes(K):
+    _case(torch.float32, K, C=8, channels_last=True, experimental=True)
+    _case(torch.float16, K, C=4, N=1, channels_last=True, experimental=True, misaligned=True)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1, 1, 1), (3, 3, 9, 7, 9, 7, 3, 1), (1, 17, 12, 16, 3, 4, 3, 4)],
@@ -60,6 +68,7 @@ def test_sizes(shape, experimental):
 
 def test_fused_misaligned_and_scales():
     _case(torch.float32, experimental=True, misaligned=True)
+    _case(torch.float32, C=8, channels_last=True, experimental=True, misaligned=True)
     _case(torch.float32, experimental=True, mv_scale=(1.0, -2.0))
 
 
@@ -68,3 +77,4 @@ def test_fused_misaligned_and_scales():
 def test_thread_orders(order):
     _case(torch.float32, experimental=True, order=order, seed=2)
     _case(torch.bfloat16, K=3, experimental=True, order=order, seed=3, sm_count=1)
+    _case(torch.float32, K=5, C=8, channels_last=True, experimental=True, order=order, seed=4)

@@ -20,12 +20,13 @@ inline bool creff_fused_supported(const CreffParams& p) {
   return small_kernel && p.h >= 1 && p.w >= 1 && p.h <= p.H && p.w <= p.W && p.H * p.W <= INT32_MAX;
 }
 
-// out (N, C, H, W) = lr + local_attn(q, k, v) of the CReFF chain (creff_math.h), all tensors contiguous NCHW:
-// key_feature (N, C, H, W), mv (N, 2, Hb, Wb), lr_feature (N, C, h, w), weight (3, C, 1, 3, 3), bias (3, C).
-// Returns cudaErrorInvalidValue (launching nothing) when !creff_fused_supported(p).
+// out (N, C, H, W) = lr + local_attn(q, k, v) of the CReFF chain (creff_math.h): key_feature (N, C, H, W),
+// lr_feature (N, C, h, w) and out all contiguous NCHW, or all NHWC (channels_last true); mv (N, 2, Hb, Wb),
+// weight (3, C, 1, 3, 3) and bias (3, C) contiguous. Returns cudaErrorInvalidValue (launching nothing) when
+// !creff_fused_supported(p).
 template <typename T>
-cudaError_t creff_forward(const CreffParams& p, const T* key_feature, const T* mv, const T* lr_feature,
-                          const T* weight, const T* bias, T* out, cudaStream_t stream);
+cudaError_t creff_forward(const CreffParams& p, bool channels_last, const T* key_feature, const T* mv,
+                          const T* lr_feature, const T* weight, const T* bias, T* out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace arseg

@@ -1,8 +1,8 @@
 // Torch glue of creff on CUDA. Default: the composition of the verified CUDA ops (mv_warp and local_attn through
 // the dispatcher, ATen's align_corners upsample and grouped conv2d, an add). Opt-in
 // (arseg::experimental_kernel("creff"), i.e. ARSEG_EXPERIMENTAL_KERNELS=creff): the fused kernel of
-// creff_forward.cu, which no GPU has verified yet; it handles kernel_size 1, 3, 5, 7 on contiguous NCHW
-// (channels_last inputs are converted, the output converted back) and falls back to the composition otherwise.
+// creff_forward.cu, which no GPU has verified yet; it handles kernel_size 1, 3, 5, 7 in NCHW or channels_last
+// (read and written in place) and falls back to the composition otherwise.
 #include <torch/library.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -73,19 +73,21 @@ at::Tensor creff_cuda(const at::Tensor& key_feature, const at::Tensor& mv, const
       creff_composed(out, key_feature, mv, lr_feature, weight, bias, kernel_size, scale, mv_scale_x, mv_scale_y);
     return out;
   }
-  // The fused kernel reads and writes contiguous NCHW.
-  at::Tensor out = new_output(key_feature.sizes(), key_feature.options());
-  if (out.numel() == 0) return out.contiguous(layout);
-  const at::Tensor f = key_feature.contiguous(), m = mv.contiguous(), l = lr_feature.contiguous(),
+  // The fused kernel reads and writes NCHW or channels_last in place (the output's layout; lr_feature is brought
+  // to it if it differs).
+  at::Tensor out = new_output(key_feature.sizes(), key_feature.options().memory_format(layout));
+  if (out.numel() == 0) return out;
+  const at::Tensor f = key_feature.contiguous(layout), m = mv.contiguous(), l = lr_feature.contiguous(layout),
                    w = weight.contiguous(), b = bias.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool channels_last = layout == at::MemoryFormat::ChannelsLast;
   ARSEG_DISPATCH_FLOATS(f.scalar_type(), "creff_cuda", [&] {
-    cuda::check_launch(cuda::creff_forward(p, cuda::in_ptr<scalar_t>(f), cuda::in_ptr<scalar_t>(m),
+    cuda::check_launch(cuda::creff_forward(p, channels_last, cuda::in_ptr<scalar_t>(f), cuda::in_ptr<scalar_t>(m),
                                            cuda::in_ptr<scalar_t>(l), cuda::in_ptr<scalar_t>(w),
                                            cuda::in_ptr<scalar_t>(b), cuda::out_ptr<scalar_t>(out), stream),
                        "creff");
   });
-  return out.contiguous(layout);
+  return out;
 }
 
 }  // namespace

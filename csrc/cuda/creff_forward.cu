@@ -23,7 +23,10 @@
 // Index math: 32-bit inside one H x W (or h x w) plane (the glue checks H*W < 2^31 through
 // creff_fused_supported), 64-bit plane offsets (n*C + c) * H*W. No atomics: deterministic.
 // Sizes other than K = 1, 3, 5, 7 are not handled here (the glue runs the unfused composition for them).
-// Layout: contiguous NCHW only (the glue converts channels_last inputs and the output).
+// Layouts: contiguous NCHW, or channels_last (kNHWC: key_feature, lr_feature and out NHWC, read and written in
+// place; mv, weight and bias contiguous). NHWC staging is pixel-major: one thread moves a pixel's CC chunk
+// channels with one vector access (16 bytes for float, 8 for 16-bit types) when C % CC == 0 and the tensors are
+// aligned to it (`vec`), element by element otherwise; the NCHW path is unchanged.
 #include "creff.h"
 #include "local_attn_device.cuh"
 
@@ -57,6 +60,34 @@ struct CreffShared {
 
 __device__ __forceinline__ int thread_rank() { return threadIdx.y * kTileW + threadIdx.x; }
 
+// The N consecutive channels of one NHWC pixel as one aligned vector access.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) ChannelVec {
+  T v[N];
+};
+
+// e[c] = src[c] for the `left` (>= 1) channels that exist, 0 past C; one vector load when `vec`.
+template <typename T, int N>
+__device__ __forceinline__ void load_channels(T (&e)[N], const T* src, int64_t left, bool vec) {
+  if (vec) {
+    *reinterpret_cast<ChannelVec<T, N>*>(e) = *reinterpret_cast<const ChannelVec<T, N>*>(src);
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < N; ++c) e[c] = c < left ? src[c] : from_acc<T>(0.0f);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_channels(T* dst, const T (&e)[N], int64_t left, bool vec) {
+  if (vec) {
+    *reinterpret_cast<ChannelVec<T, N>*>(dst) = *reinterpret_cast<const ChannelVec<T, N>*>(e);
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < N; ++c)
+    if (c < left) dst[c] = e[c];
+}
+
 // Bilinear taps of every hr-region position of the tile at (y0, x0) of image n.
 template <typename T, typename acc_t, int K>
 __device__ void stage_taps(CreffShared<acc_t, K>& sh, const CreffParams& p, const T* __restrict__ mv, int64_t n,
@@ -82,41 +113,93 @@ __device__ void stage_taps(CreffShared<acc_t, K>& sh, const CreffParams& p, cons
   }
 }
 
+// stage_chunk's hr and lr staging for NHWC tensors: a thread takes a position and all CC channels of the chunk,
+// so each bilinear tap (of the warp and of the resize) is one vector access. Channels past C are staged as 0.
+template <typename T, typename acc_t, int K>
+__device__ void stage_chunk_nhwc(CreffShared<acc_t, K>& sh, const CreffParams& p, const T* __restrict__ key,
+                                 const T* __restrict__ lrf, int64_t n, int64_t c0, int y0, int x0, bool vec) {
+  using S = CreffTile<acc_t, K>;
+  constexpr int CC = S::CC;
+  const int64_t left = p.C - c0;
+  const T* img = key + n * p.H * p.W * p.C + c0;  // channel c0 of pixel 0
+  for (int r = thread_rank(); r < S::HR_PLANE; r += kThreads) {
+    acc_t v[CC];
+#pragma unroll
+    for (int c = 0; c < CC; ++c) v[c] = acc_t(0);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      T e[CC];
+      load_channels(e, img + static_cast<int64_t>(sh.tap_idx[k][r]) * p.C, left, vec);
+#pragma unroll
+      for (int c = 0; c < CC; ++c) v[c] += tap_product(sh.tap_w[k][r], to_acc(e[c]));
+    }
+#pragma unroll
+    for (int c = 0; c < CC; ++c) sh.hr[c][r] = v[c];
+  }
+  const T* lr_img = lrf + n * p.h * p.w * p.C + c0;
+  for (int r = thread_rank(); r < S::LR_PLANE; r += kThreads) {
+    const int ly = r / S::LRW, lx = r - ly * S::LRW;
+    const int gy = y0 - 1 + ly, gx = x0 - 1 + lx;
+    acc_t v[CC];
+#pragma unroll
+    for (int c = 0; c < CC; ++c) v[c] = acc_t(0);
+    if (inside(gy, gx, p.H, p.W)) {
+      const LinearTap<acc_t> ty = align_corners_tap<acc_t>(gy, p.h, p.H);
+      const LinearTap<acc_t> tx = align_corners_tap<acc_t>(gx, p.w, p.W);
+      T e[4][CC];
+      const int64_t row0 = ty.i0 * p.w, row1 = ty.i1 * p.w;
+      load_channels(e[0], lr_img + (row0 + tx.i0) * p.C, left, vec);
+      load_channels(e[1], lr_img + (row0 + tx.i1) * p.C, left, vec);
+      load_channels(e[2], lr_img + (row1 + tx.i0) * p.C, left, vec);
+      load_channels(e[3], lr_img + (row1 + tx.i1) * p.C, left, vec);
+#pragma unroll
+      for (int c = 0; c < CC; ++c)
+        v[c] = bilinear_mix(to_acc(e[0][c]), to_acc(e[1][c]), to_acc(e[2][c]), to_acc(e[3][c]), ty, tx);
+    }
+#pragma unroll
+    for (int c = 0; c < CC; ++c) sh.lr[c][r] = v[c];
+  }
+}
+
 // Channels [c0, c0 + CC) of image n: hr on the hr region, lr on the lr region (pass 1 needs it for q, pass 2
 // for out = lr + ...), and the three convs' weights and biases. Channels past C are staged as 0.
-template <typename T, typename acc_t, int K>
+template <bool kNHWC, typename T, typename acc_t, int K>
 __device__ void stage_chunk(CreffShared<acc_t, K>& sh, const CreffParams& p, const T* __restrict__ key,
                             const T* __restrict__ lrf, const T* __restrict__ weight, const T* __restrict__ bias,
-                            int64_t n, int64_t c0, int y0, int x0) {
+                            int64_t n, int64_t c0, int y0, int x0, bool vec) {
   using S = CreffTile<acc_t, K>;
   const int tid = thread_rank();
   const int w = static_cast<int>(p.w);
   const int64_t HW = p.H * p.W, hw = p.h * p.w;
-  for (int i = tid; i < S::CC * S::HR_PLANE; i += kThreads) {
-    const int c = i / S::HR_PLANE, r = i - c * S::HR_PLANE;
-    acc_t v = acc_t(0);
-    if (c0 + c < p.C) {
-      const T* plane = key + (n * p.C + c0 + c) * HW;
+  if constexpr (kNHWC) {
+    stage_chunk_nhwc<T, acc_t, K>(sh, p, key, lrf, n, c0, y0, x0, vec);
+  } else {
+    for (int i = tid; i < S::CC * S::HR_PLANE; i += kThreads) {
+      const int c = i / S::HR_PLANE, r = i - c * S::HR_PLANE;
+      acc_t v = acc_t(0);
+      if (c0 + c < p.C) {
+        const T* plane = key + (n * p.C + c0 + c) * HW;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v += tap_product(sh.tap_w[k][r], to_acc(plane[sh.tap_idx[k][r]]));
+        for (int k = 0; k < 4; ++k) v += tap_product(sh.tap_w[k][r], to_acc(plane[sh.tap_idx[k][r]]));
+      }
+      sh.hr[c][r] = v;
     }
-    sh.hr[c][r] = v;
-  }
-  for (int i = tid; i < S::CC * S::LR_PLANE; i += kThreads) {
-    const int c = i / S::LR_PLANE, r = i - c * S::LR_PLANE;
-    const int ly = r / S::LRW, lx = r - ly * S::LRW;
-    const int gy = y0 - 1 + ly, gx = x0 - 1 + lx;
-    acc_t v = acc_t(0);
-    if (c0 + c < p.C && inside(gy, gx, p.H, p.W)) {
-      const T* plane = lrf + (n * p.C + c0 + c) * hw;
-      const LinearTap<acc_t> ty = align_corners_tap<acc_t>(gy, p.h, p.H);
-      const LinearTap<acc_t> tx = align_corners_tap<acc_t>(gx, p.w, p.W);
-      const int r0 = static_cast<int>(ty.i0) * w, r1 = static_cast<int>(ty.i1) * w;
-      const int x0i = static_cast<int>(tx.i0), x1i = static_cast<int>(tx.i1);
-      v = bilinear_mix(to_acc(plane[r0 + x0i]), to_acc(plane[r0 + x1i]), to_acc(plane[r1 + x0i]),
-                       to_acc(plane[r1 + x1i]), ty, tx);
+    for (int i = tid; i < S::CC * S::LR_PLANE; i += kThreads) {
+      const int c = i / S::LR_PLANE, r = i - c * S::LR_PLANE;
+      const int ly = r / S::LRW, lx = r - ly * S::LRW;
+      const int gy = y0 - 1 + ly, gx = x0 - 1 + lx;
+      acc_t v = acc_t(0);
+      if (c0 + c < p.C && inside(gy, gx, p.H, p.W)) {
+        const T* plane = lrf + (n * p.C + c0 + c) * hw;
+        const LinearTap<acc_t> ty = align_corners_tap<acc_t>(gy, p.h, p.H);
+        const LinearTap<acc_t> tx = align_corners_tap<acc_t>(gx, p.w, p.W);
+        const int r0 = static_cast<int>(ty.i0) * w, r1 = static_cast<int>(ty.i1) * w;
+        const int x0i = static_cast<int>(tx.i0), x1i = static_cast<int>(tx.i1);
+        v = bilinear_mix(to_acc(plane[r0 + x0i]), to_acc(plane[r0 + x1i]), to_acc(plane[r1 + x0i]),
+                         to_acc(plane[r1 + x1i]), ty, tx);
+      }
+      sh.lr[c][r] = v;
     }
-    sh.lr[c][r] = v;
   }
   for (int i = tid; i < 3 * S::CC * S::WSTRIDE; i += kThreads) {
     const int conv = i / (S::CC * S::WSTRIDE), r = i - conv * S::CC * S::WSTRIDE;
@@ -149,11 +232,11 @@ __device__ void conv_kv_region(CreffShared<acc_t, K>& sh, const CreffParams& p, 
   }
 }
 
-template <typename T, int K>
+template <typename T, int K, bool kNHWC>
 __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
     creff_forward_kernel(CreffParams p, LocalAttnParams ap, const T* __restrict__ key, const T* __restrict__ mv,
                          const T* __restrict__ lrf, const T* __restrict__ weight, const T* __restrict__ bias,
-                         T* __restrict__ out) {
+                         T* __restrict__ out, bool vec) {
   using acc_t = typename AccType<T>::type;
   using S = CreffTile<acc_t, K>;
   ARSEG_SHARED(sh, CreffShared<acc_t, K>);
@@ -173,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
     for (int j = 0; j < S::KK; ++j) l[j] = acc_t(0);
     for (int64_t c0 = 0; c0 < p.C; c0 += S::CC) {
       __syncthreads();  // taps complete / previous chunk's dot pass done with sh.kv
-      stage_chunk<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0);
+      stage_chunk<kNHWC, T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, vec);
       __syncthreads();
       conv_kv_region<acc_t, K>(sh, p, 1, y0, x0);
       acc_t q[S::CC];
@@ -195,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
     T* on = out + n * p.C * HW;
     for (int64_t c0 = 0; c0 < p.C; c0 += S::CC) {
       __syncthreads();
-      stage_chunk<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0);
+      stage_chunk<kNHWC, T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, vec);
       __syncthreads();
       conv_kv_region<acc_t, K>(sh, p, 2, y0, x0);
       __syncthreads();
@@ -208,7 +291,12 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
 #pragma unroll
         for (int c = 0; c < S::CC; ++c) o[c] += l[j] * vp[c * S::KV_PLANE];
       }
-      if (pp.active) {
+      if (pp.active && kNHWC) {
+        T res[S::CC];
+#pragma unroll
+        for (int c = 0; c < S::CC; ++c) res[c] = from_acc<T>(sh.lr[c][own_lr + S::LRW + 1] + o[c]);
+        store_channels(on + static_cast<int64_t>(pp.off) * p.C + c0, res, p.C - c0, vec);
+      } else if (pp.active) {
 #pragma unroll
         for (int c = 0; c < S::CC; ++c)
           if (c0 + c < p.C) on[(c0 + c) * HW + pp.off] = from_acc<T>(sh.lr[c][own_lr + S::LRW + 1] + o[c]);
@@ -220,23 +308,31 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
 }  // namespace
 
 template <typename T>
-cudaError_t creff_forward(const CreffParams& p, const T* key_feature, const T* mv, const T* lr_feature,
-                          const T* weight, const T* bias, T* out, cudaStream_t stream) {
+cudaError_t creff_forward(const CreffParams& p, bool channels_last, const T* key_feature, const T* mv,
+                          const T* lr_feature, const T* weight, const T* bias, T* out, cudaStream_t stream) {
   if (p.N * p.C * p.H * p.W == 0) return cudaSuccess;
   if (!creff_fused_supported(p)) return cudaErrorInvalidValue;
   // The tile loop and grid of local_attn's tiled kernels, over the same (N, H, W).
   const LocalAttnParams ap{p.N, p.C, p.C, p.H, p.W, p.kernel_size, p.scale, AttnPadding::Zeros};
+  constexpr int CC = CreffTile<typename AccType<T>::type, 1>::CC;
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * CC) == 0; };
+  const bool vec = channels_last && p.C % CC == 0 && aligned(key_feature) && aligned(lr_feature) && aligned(out);
   ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
-    if constexpr (K != kGenericKernelSize)  // creff_fused_supported excludes the other sizes
-      ARSEG_LAUNCH(tile_grid(ap), dim3(kTileW, kTileH), 0, stream, creff_forward_kernel<T, K>)(p, ap, key_feature, mv,
-                                                                                     lr_feature, weight, bias, out);
+    if constexpr (K != kGenericKernelSize) {  // creff_fused_supported excludes the other sizes
+      if (channels_last)
+        ARSEG_LAUNCH(tile_grid(ap), dim3(kTileW, kTileH), 0, stream, creff_forward_kernel<T, K, true>)(
+            p, ap, key_feature, mv, lr_feature, weight, bias, out, vec);
+      else
+        ARSEG_LAUNCH(tile_grid(ap), dim3(kTileW, kTileH), 0, stream, creff_forward_kernel<T, K, false>)(
+            p, ap, key_feature, mv, lr_feature, weight, bias, out, vec);
+    }
   });
   return cudaGetLastError();
 }
 
 #define ARSEG_INSTANTIATE_CREFF_FORWARD(T)                                                                    \
-  template cudaError_t creff_forward<T>(const CreffParams&, const T*, const T*, const T*, const T*, const T*, \
-                                        T*, cudaStream_t);
+  template cudaError_t creff_forward<T>(const CreffParams&, bool, const T*, const T*, const T*, const T*,    \
+                                        const T*, T*, cudaStream_t);
 ARSEG_INSTANTIATE_FOR_FLOATS(ARSEG_INSTANTIATE_CREFF_FORWARD)
 
 }  // namespace cuda

@@ -10,6 +10,7 @@
 //     local_attn_forward         N C Cv H W K scale padding         in query,key,value         out out
 //     local_attn_backward        (same sizes)                       in grad_output,query,key,value  out dq,dk,dv
 //     creff_forward              N C H W h w Hb Wb K scale msx msy  in key,mv,lr,weight,bias   out out
+//       (layout=nhwc: key, lr and out channels_last, as the glue's creff_output_channels_last)
 // layout is the layout of the op's inputs as the glue sees them (nhwc: strictly channels_last). Kernels that run
 // NCHW get NCHW copies, as the glue's .contiguous() makes; NHWC kernels get NHWC buffers.
 // Every buffer the kernels see is an exact-size heap block (AddressSanitizer's redzone right after the last
@@ -283,27 +284,29 @@ void run_local_attn(const std::string& op, ElemType type, bool experimental, boo
   store(outs.at(2), dv, vo, es, nhwc);
 }
 
-void run_creff(ElemType type, bool experimental) {
+void run_creff(ElemType type, bool experimental, bool nhwc) {
   CreffParams p{arg_i("N"), arg_i("C"), arg_i("H"), arg_i("W"), arg_i("h"), arg_i("w"), arg_i("Hb"), arg_i("Wb"),
                 static_cast<int>(arg_i("K")), arg_d("scale"), arg_d("msx"), arg_d("msy")};
   if (!creff_runs_fused(experimental, p)) {
     g_kernel = "composed";
     return;
   }
-  // The fused kernel reads and writes contiguous NCHW (the glue converts channels_last inputs).
+  // key, lr and out in the output's layout (the glue's creff_output_channels_last), the rest contiguous.
   g_kernel = "creff_forward";
+  g_kernel_nhwc = nhwc;
   const size_t es = elem_size(type);
   const Tensor4 key{p.N, p.C, p.H, p.W}, motion{p.N, 2, p.Hb, p.Wb}, lr{p.N, p.C, p.h, p.w};
   const Tensor4 weight{3, p.C, 3, 3}, bias{1, 1, 3, p.C};
   const std::vector<std::string> ins = split(arg("in")), outs = split(arg("out"));
-  Buf f = load(ins.at(0), key, es, false), m = load(ins.at(1), motion, es, false), l = load(ins.at(2), lr, es, false);
+  Buf f = load(ins.at(0), key, es, nhwc), m = load(ins.at(1), motion, es, false), l = load(ins.at(2), lr, es, nhwc);
   Buf w = load(ins.at(3), weight, es, false), b = load(ins.at(4), bias, es, false);
   Buf o = alloc(key.bytes(es), es, 0xff);
   dispatch(type, [&](auto tag) {
     using T = decltype(tag);
-    check(creff_forward<T>(p, in<T>(f), in<T>(m), in<T>(l), in<T>(w), in<T>(b), out<T>(o), nullptr), g_kernel);
+    check(creff_forward<T>(p, nhwc, in<T>(f), in<T>(m), in<T>(l), in<T>(w), in<T>(b), out<T>(o), nullptr),
+          g_kernel);
   });
-  store(outs.at(0), o, key, es, false);
+  store(outs.at(0), o, key, es, nhwc);
 }
 
 }  // namespace
@@ -324,7 +327,7 @@ int main(int argc, char** argv) {
   else if (op == "local_attn_forward" || op == "local_attn_backward")
     run_local_attn(op, type, experimental, nhwc);
   else if (op == "creff_forward")
-    run_creff(type, experimental);
+    run_creff(type, experimental, nhwc);
   else
     usage("unknown op " + op);
   fprintf(stderr, "EMU_RESULT kernel=%s layout=%s blocks=%ld errors=%d\n", g_kernel, g_kernel_nhwc ? "nhwc" : "nchw",
