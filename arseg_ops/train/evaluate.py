@@ -23,14 +23,14 @@ def build_arseg(args):
     """ARSeg from an `arseg train` stage-ar checkpoint, or from the release's (HR, LR) .pth files."""
     if args.official:
         hr_path, lr_path = args.official
-        model = ARSeg(args.backbone, args.num_classes, args.scale, args.kernel_size)
+        model = ARSeg(args.backbone, args.num_classes, args.scale, args.kernel_size, block_size=args.block_size)
         model.load_official(nets.release_state_dict(hr_path), nets.release_state_dict(lr_path))
         return model
     ckpt = nets.load_checkpoint(args.checkpoint)
     if ckpt["stage"] != "ar":
         raise ValueError(f"{args.checkpoint!r} is a stage {ckpt['stage']!r} checkpoint; --checkpoint takes the "
                          "stage 'ar' one (use --lr-checkpoint for an LR-only network)")
-    model = ARSeg(ckpt["backbone"], ckpt["num_classes"], ckpt["scale"], ckpt["kernel_size"])
+    model = ARSeg(ckpt["backbone"], ckpt["num_classes"], ckpt["scale"], ckpt["kernel_size"], block_size=args.block_size)
     model.hr_net.load_state_dict(ckpt["hr_model"])
     model.lr_net.load_state_dict(ckpt["model"])
     return model
