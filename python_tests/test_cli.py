@@ -343,3 +343,37 @@ def test_module_and_console_script_entry_points():
             assert proc.returncode == 0 and "GMACs" in proc.stdout
         else:
             assert proc.returncode == 2 and "HxW" in proc.stderr
+
+
+# ---- eval --plot ----
+
+
+def test_miou_chart_draws_each_value_where_the_axes_say():
+    from arseg_ops.cli import font, plot
+
+    result = {"distances": [0.7, 0.61, 0.55, float("nan"), 0.5], "hr": 0.7, "lr_only": 0.42, "ar_mean": 0.59,
+              "frames": 9, "length": 5, "scale": 0.5}
+    image, chart = plot.draw_miou_chart(result)
+    assert image.shape == (520, 800, 3) and (chart.y0, chart.y1) == (40, 70)  # 10-point steps around the values
+
+    def colour_at(x, y):
+        row, col = chart.px(x, y)
+        return tuple(image[int(round(row)), int(round(col))])
+
+    for d, m in enumerate(result["distances"]):
+        if m == m:  # NaN (no frame at that distance) is left out
+            assert colour_at(d, 100 * m) == plot.COLOURS["ar"], d
+    assert colour_at(3, 55) != plot.COLOURS["ar"] and colour_at(3, 50) != plot.COLOURS["ar"]
+    for key, level in (("hr", 70), ("lr_only", 42)):  # the levels, dashed across the plot
+        row = image[int(round(chart.px(0, level)[0])), chart.left:chart.right]
+        assert 0.3 < (row == plot.COLOURS[key]).all(axis=1).mean() < 0.9, key
+    # the axis label's text is drawn (rotated for y), in the 5x7 font
+    label = font.text_mask("keyframe distance d (frames)", plot.FONT_SCALE)
+    ink = (image[chart.bottom:, :] == 0).all(axis=2)
+    assert any(np.array_equal(ink[r:r + label.shape[0], c:c + label.shape[1]], label)
+               for r in range(ink.shape[0] - label.shape[0])
+               for c in (int((chart.left + chart.right) / 2 - label.shape[1] // 2),))
+    # without an LR-only network the legend says how to add it
+    plot.draw_miou_chart(dict(result, lr_only=None))
+    with pytest.raises(ValueError, match="font has no"):
+        font.text_mask("µ")

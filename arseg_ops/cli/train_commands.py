@@ -4,7 +4,6 @@ Each handler is `handler(args, parser) -> int`: argument errors go through parse
 failures print `<prog> <cmd>: error: <message>` to stderr and return 1. Nothing here assumes the program name.
 """
 import argparse
-import os
 import sys
 import time
 
@@ -37,12 +36,17 @@ def _common(p, training):
     p.add_argument("--cache-dir", help="motion/clip cache (default: .arseg_cache next to the manifest)")
     p.add_argument("--class-map", choices=("none", "camvid"), default="none",
                    help="camvid: label value 11 (void) -> 255")
+    # eval --checkpoint takes the network from the checkpoint; these then default to its values
+    from_ckpt = "" if training else "; with --checkpoint: the checkpoint's"
     p.add_argument("--num-classes", type=common.positive_int, default=None,
-                   help="classes (default: 11 with --class-map camvid, else required)")
-    p.add_argument("--backbone", choices=("psp18", "bisenet18", "tiny"), default="psp18",
-                   help="tiny: a CPU-sized stand-in with the same interface (not from the paper)")
-    p.add_argument("--kernel-size", type=common.kernel_size, default=7, help="CReFF attention window")
-    p.add_argument("--scale", type=common.scale, default=0.5, help="LR scale of non-keyframes")
+                   help="classes (default: 11 with --class-map camvid, else required%s)" % from_ckpt)
+    p.add_argument("--backbone", choices=("psp18", "bisenet18", "tiny"), default="psp18" if training else None,
+                   help="tiny: a CPU-sized stand-in with the same interface, not from the paper (default psp18%s)"
+                        % from_ckpt)
+    p.add_argument("--kernel-size", type=common.kernel_size, default=7 if training else None,
+                   help="CReFF attention window (default 7%s)" % from_ckpt)
+    p.add_argument("--scale", type=common.scale, default=0.5 if training else None,
+                   help="LR scale of non-keyframes (default 0.5%s)" % from_ckpt)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available); torchrun sets the GPU")
 
 
@@ -51,6 +55,23 @@ def _num_classes(args, parser):
         if args.class_map != "camvid":
             parser.error("--num-classes is required without --class-map camvid")
         args.num_classes = 11
+
+
+def _network_options(args, parser):
+    """eval: backbone, classes, CReFF window and scale from the --checkpoint (an option given on the command
+    line must agree with it); --official needs the classes (the others default to evaluate.RELEASE_NETWORK)."""
+    from ..train import nets
+
+    if not args.checkpoint:
+        _num_classes(args, parser)
+        return
+    ckpt = nets.load_checkpoint(args.checkpoint)
+    for name in ("backbone", "num_classes", "kernel_size", "scale"):
+        given = getattr(args, name)
+        if given is not None and given != ckpt.get(name):
+            parser.error(f"--{name.replace('_', '-')} {given}: the checkpoint {args.checkpoint!r} has "
+                         f"{name} {ckpt.get(name)!r}; leave the option out to use it")
+        setattr(args, name, ckpt.get(name))
 
 
 def manifest_cmd(args, parser):
@@ -104,11 +125,9 @@ def train_cmd(args, parser):
     if args.scale_range[0] <= 0 or args.scale_range[0] > args.scale_range[1]:
         parser.error("--scale-range: expected 0 < MIN <= MAX")
     try:
-        path = loop.run(args)
+        loop.run(args)  # prints the summary line (steps, losses, checkpoint) on rank 0
     except _RUNTIME_ERRORS as e:
         return _fail(parser, e)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"checkpoint: {path}")
     return 0
 
 
@@ -117,11 +136,13 @@ def eval_cmd(args, parser):
 
     from ..train import evaluate
 
-    _num_classes(args, parser)
     if bool(args.checkpoint) == bool(args.official):
         parser.error("give either --checkpoint (stage ar) or --official HR.pth LR.pth")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        parser.error(f"--plot: the figure is a PNG, got {args.plot!r}")
     start = time.perf_counter()
     try:
+        _network_options(args, parser)
         result = evaluate.evaluate(args)
     except _RUNTIME_ERRORS as e:
         return _fail(parser, e)
@@ -130,6 +151,11 @@ def eval_cmd(args, parser):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    if args.plot:
+        from .plot import write_miou_chart
+
+        write_miou_chart(args.plot, result)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -192,4 +218,6 @@ def register(subparsers):
     p.add_argument("--official", nargs=2, metavar=("HR_PTH", "LR_PTH"), help="the release's state_dicts")
     p.add_argument("--lr-checkpoint", help="stage lr checkpoint: adds the LR-only baseline")
     p.add_argument("--json", help="also write the result as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw mIoU against keyframe distance (AR, HR, LR-only) as a PNG")
     p.set_defaults(func=eval_cmd)
