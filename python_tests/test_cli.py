@@ -377,3 +377,32 @@ def test_miou_chart_draws_each_value_where_the_axes_say():
     plot.draw_miou_chart(dict(result, lr_only=None))
     with pytest.raises(ValueError, match="font has no"):
         font.text_mask("µ")
+
+
+def _command_parsers(parser, name="arseg"):
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _command_parsers(sub, name + " " + sub_name)
+
+
+def test_every_help_describes_each_option_and_shows_its_default():
+    for name, parser in _command_parsers(cli.build_parser()):
+        text = " ".join(parser.format_help().split())  # argparse wraps lines
+        for action in parser._actions:
+            if action.dest in ("help", "command", "layout"):
+                continue
+            assert action.help, "%s %s has no help" % (name, action.option_strings or action.dest)
+            default = action.default
+            if action.option_strings and default is not None and default is not False:
+                if isinstance(default, tuple):
+                    default = ("x" if len(default) == 2 and isinstance(default[0], int) else
+                               " " if action.nargs else ",").join(map(str, default))
+                # stated in the option's own words ("default: all") or appended by cli.common.HelpFormatter
+                assert "default" in action.help or "(default: %s)" % default in text, (name, action.option_strings)
+    synthetic = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["synthetic"].format_help().split())
+    assert "--val-sequences VAL_SEQUENCES how many of them form the 'val' split" in synthetic
+    assert "(default: 96x128)" in synthetic

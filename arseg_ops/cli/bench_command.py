@@ -243,7 +243,7 @@ def register(sub):
                         "forward)" % ", ".join(bench.PASSES))
     p.add_argument("--backbones", type=common.comma_list(BACKBONES), default=BACKBONES,
                    help="comma-separated arseg_step networks, from %s (default: both)" % ", ".join(BACKBONES))
-    p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="float32", help="element type of every input")
     p.add_argument("--size", type=common.size,
                    help="feature map HxW of local_attn, mv_warp and creff (default 720x960 on CUDA, 180x240 on CPU)")
     p.add_argument("--image-size", type=common.size,

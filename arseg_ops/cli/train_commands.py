@@ -30,7 +30,8 @@ _RUNTIME_ERRORS = (OSError, ValueError, RuntimeError, FloatingPointError)
 
 def _common(p, training):
     p.add_argument("manifest", help="manifest .csv or .jsonl (see `manifest`)")
-    p.add_argument("--split", default="train" if training else "val", help="manifest split to use")
+    p.add_argument("--split", default="train" if training else "val",
+                   help="manifest split to use (`synthetic` writes train and val; CamVid has train, val, test)")
     p.add_argument("--length", type=common.positive_int, default=12, help="GOP length L: keyframe distances 0..L-1")
     p.add_argument("--block-size", type=common.positive_int, default=4, help="motion grid cell in pixels")
     p.add_argument("--cache-dir", help="motion/clip cache (default: .arseg_cache next to the manifest)")
@@ -164,36 +165,49 @@ def register(subparsers):
     p = subparsers.add_parser("manifest", help="write a manifest for a dataset layout")
     sub = p.add_subparsers(dest="layout", required=True)
     c = sub.add_parser("camvid", help="ROOT/{train,val,test}annot/<seq>_<frame>.png + ROOT[/videos]/<seq>.<ext>")
-    c.add_argument("root")
+    c.add_argument("root", help="the CamVid folder (ROOT/trainannot, ROOT/valannot, ROOT/testannot, videos)")
     c.add_argument("-o", "--output", default="manifest.csv", help="manifest path (.csv or .jsonl)")
     c.add_argument("--offset", action="append", metavar="SEQ=N",
                    help="frame number of the video's first frame in the label names (repeatable)")
     c.set_defaults(func=manifest_cmd)
 
-    p = subparsers.add_parser("synthetic", help="generate a small labelled H.264 video dataset")
-    p.add_argument("dir")
-    p.add_argument("--sequences", type=common.positive_int, default=6)
-    p.add_argument("--val-sequences", type=int, default=2)
+    p = subparsers.add_parser("synthetic", help="generate a small labelled H.264 video dataset",
+                              description="Write a small labelled video dataset to try training and evaluation "
+                                          "with: DIR/videos/seqNN.mp4 (a panning textured world with sky, ground, "
+                                          "moving cars, thin poles, signs and wires), DIR/labels/seqNN_FFFFFF.png "
+                                          "(class ids) and DIR/manifest.csv, whose last --val-sequences sequences "
+                                          "are split 'val' and the others 'train'.")
+    p.add_argument("dir", help="output folder (created if missing)")
+    p.add_argument("--sequences", type=common.positive_int, default=6, help="videos in all")
+    p.add_argument("--val-sequences", type=int, default=2,
+                   help="how many of them form the 'val' split (the rest: 'train')")
     p.add_argument("--frames", type=common.positive_int, default=40, help="frames per sequence")
-    p.add_argument("--size", type=_training_size, default=(96, 128), help="HxW (default 96x128)")
-    p.add_argument("--label-every", type=common.positive_int, default=2)
-    p.add_argument("--first-label", type=int, default=11)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_training_size, default=(96, 128), help="frame HxW, multiples of 16")
+    p.add_argument("--label-every", type=common.positive_int, default=2,
+                   help="label every Nth frame from --first-label on")
+    p.add_argument("--first-label", type=int, default=11,
+                   help="first labelled frame (earlier frames give the later ones their keyframe distances: "
+                        "L-1 = 11 for the default --length 12)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
     p.set_defaults(func=synthetic_cmd)
 
     p = subparsers.add_parser("train", help="train a stage: hr, lr (LR-only baseline) or ar (LR + CReFF, FST)")
     _common(p, training=True)
-    p.add_argument("--stage", choices=("hr", "lr", "ar"), required=True)
+    p.add_argument("--stage", choices=("hr", "lr", "ar"), required=True,
+                   help="hr: the full-resolution network; lr: the LR-only baseline; ar: LR network + CReFF")
     p.add_argument("--out", required=True, help="folder for last.pt and metrics.jsonl")
     p.add_argument("--hr-checkpoint", help="HR weights: stage hr checkpoint or the release's HR .pth")
-    p.add_argument("--epochs", type=common.positive_int, default=10)
-    p.add_argument("--max-steps", type=common.positive_int, help="stop after this many optimizer steps in total")
+    p.add_argument("--epochs", type=common.positive_int, default=10, help="passes over the training rows")
+    p.add_argument("--max-steps", type=common.positive_int,
+                   help="stop after this many optimizer steps in total (default: --epochs decides)")
     p.add_argument("--batch-size", type=common.positive_int, default=8, help="per process")
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--lr", type=common.positive_float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--fst-weight", type=float, default=1.0)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="sgd: with momentum 0.9")
+    p.add_argument("--lr", type=common.positive_float, default=1e-3,
+                   help="peak learning rate (linear warm-up, then cosine decay to 0)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 weight decay of the optimizer")
+    p.add_argument("--warmup-steps", type=int, default=50, help="steps of linear learning-rate warm-up")
+    p.add_argument("--fst-weight", type=float, default=1.0,
+                   help="stage ar: weight of the FST loss (fused feature vs the HR network's) next to the seg loss")
     p.add_argument("--no-fusion-epochs", type=int, default=0, help="stage ar: first epochs without CReFF")
     p.add_argument("--creff-lr-mult", type=common.positive_float, default=1.0,
                    help="stage ar: learning rate of CReFF's parameters as a multiple of --lr")
@@ -201,15 +215,16 @@ def register(subparsers):
                    help="stage ar: CReFF's q/k/v convs start with PyTorch's random init (default, as the release) "
                         "or as identities with a zero value conv")
     p.add_argument("--crop", type=_training_size, help="training crop HxW (default: the frame size)")
-    p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"))
-    p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"),
+                   help="random rescale of each training pair (image, label and motion together)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--no-augment", action="store_true", help="no rescale, crop or flip")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue from OUT/last.pt or the given checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=0, help="random seed of initialization, sampling and augmentation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=train_cmd)
 
     p = subparsers.add_parser("eval", help="mIoU per keyframe distance (the paper's protocol)")
