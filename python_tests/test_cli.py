@@ -209,12 +209,14 @@ def test_motion_png_shows_the_pan_direction(clip, tmp_path, capsys):
     with video.open(clip) as frames:
         last_of_gop = [f for f in frames][GOP - 1]
     assert np.array_equal(image[:, :W], last_of_gop.image.numpy())
-    # content moved right, so the motion to the keyframe points left: hue 180 degrees, cyan
+    # content moved right on screen: drawn in the legend's right-hand colour, hue 0, red (mv_to_key points left)
+    assert last_of_gop.mv_to_key[0].median() < -1
     away = np.ones((H, W), bool)
     away[_legend_box(float(out.split("full colour at ")[1].split(" px")[0]))[0]] = False
     away[:8], away[-8:], away[:, :8], away[:, -8:] = False, False, False, False
     r, g, b = np.median(image[:, W:][away], axis=0)
-    assert g > r + 60 and b > r + 60
+    assert r > g + 60 and r > b + 60
+    # (test_motion_legend_disc_is_the_colour_key: the disc's right-hand side is this colour)
 
 
 def test_motion_b_frame_warning_is_one_plain_line(tmp_path, capsys):

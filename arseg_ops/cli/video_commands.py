@@ -164,11 +164,14 @@ def _segment_clip(args, clip, seg, device):
 
 
 def _motion_image(frame, max_motion):
-    """The frame and its motion to the keyframe, side by side (motion cells drawn at their pixels), with the
-    colour-wheel legend in the motion panel's bottom-right corner."""
+    """The frame and how its content moved on screen since the keyframe, side by side (motion cells drawn at
+    their pixels), with the colour-wheel legend in the motion panel's bottom-right corner.
+
+    mv_to_key points from a pixel to where its content was in the keyframe, so the screen motion since the
+    keyframe is -mv_to_key: a background panning left is drawn in the disc's left colour."""
     image = frame.image.numpy()
     h, w = image.shape[:2]
-    cells = motion_colours(frame.mv_to_key.numpy(), max_motion)
+    cells = motion_colours(-frame.mv_to_key.numpy(), max_motion)
     hb, wb = cells.shape[:2]
     # the block lookup of mv_warp: pixel (y, x) uses cell (floor(y*Hb/H), floor(x*Wb/W))
     pixels = cells[(np.arange(h) * hb // h)[:, None], (np.arange(w) * wb // w)[None, :]]
@@ -205,8 +208,8 @@ def motion(args, parser):
             raise CliError("--frame %d: the video has only %d frames" % (args.frame, count))
         max_motion = args.max_motion or _motion_scale([chosen.mv_to_key])
         write_png(args.output, even(_motion_image(chosen, max_motion)))
-        print("arseg motion: frame %d (keyframe %d), full colour at %.2f px; wrote %s"
-              % (chosen.index, chosen.key_index, max_motion, args.output))
+        print("arseg motion: frame %d (keyframe %d), motion on screen since the keyframe, full colour at %.2f px; "
+              "wrote %s" % (chosen.index, chosen.key_index, max_motion, args.output))
         return 0
     max_motion = args.max_motion
     if max_motion is None:  # a first pass over the motion only, so every frame shares one colour scale
@@ -220,7 +223,8 @@ def motion(args, parser):
                 yield even(_motion_image(frame, max_motion))
 
         count = video.encode(rendered(), args.output, gop=12, fps=clip.fps)
-    print("arseg motion: %d frames, full colour at %.2f px; wrote %s" % (count, max_motion, args.output))
+    print("arseg motion: %d frames, motion on screen since each keyframe, full colour at %.2f px; wrote %s"
+          % (count, max_motion, args.output))
     return 0
 
 
@@ -247,14 +251,18 @@ def register(sub):
     p.set_defaults(func=segment)
 
     p = sub.add_parser("motion", parents=[common.quiet_options("progress bar")],
-                       help="visualize the codec's motion to the keyframe (HSV colour wheel)",
-                       description="Show each frame next to its motion accumulated to the keyframe: hue = "
-                                   "direction, saturation = speed (white = still). A legend in the corner shows "
-                                   "the colour wheel and the pixels of motion drawn at full colour.")
+                       help="visualize the codec's motion since the keyframe (HSV colour wheel)",
+                       description="Show each frame next to how its content moved on screen since the keyframe "
+                                   "(the codec's motion accumulated over the GOP): hue = the direction it moved, "
+                                   "saturation = how far (white = still). The legend disc in the corner is the "
+                                   "key in screen terms: its right edge's colour = moved right, top = moved up, "
+                                   "and so on; the number under it is the distance in pixels drawn at full "
+                                   "colour.")
     p.add_argument("video", help="input H.264 video")
     p.add_argument("-o", "--output", required=True, help="a .png (one frame) or a video (.mp4, .mkv, .mov, .avi)")
     p.add_argument("--frame", type=int, help="PNG only: frame index (default: the last frame of the first GOP)")
-    p.add_argument("--max-motion", type=float, help="pixels of motion shown at full colour (default: the "
-                                                    "largest in the output)")
+    p.add_argument("--max-motion", type=float,
+                   help="pixels of motion shown at full colour (default: the 99th percentile of the motion "
+                        "magnitudes, of the frame for a PNG, of the whole video for a video)")
     p.add_argument("--block-size", type=common.positive_int, default=4, help="motion grid cell in pixels (default 4)")
     p.set_defaults(func=motion)
