@@ -548,3 +548,28 @@ def test_pointwise_conv_matches_the_convolution(bias):
     torch.testing.assert_close(pointwise_conv(cl, conv), conv(cl), atol=1e-5, rtol=1e-5)
     conv3 = torch.nn.Conv2d(16, 5, 3, padding=1)
     torch.testing.assert_close(pointwise_conv(x, conv3), conv3(x))
+
+
+def test_readme_networks_snippet_runs_as_written(tmp_path, monkeypatch):
+    # The README's `arseg_ops.models` example, verbatim, on a small clip and random release-format weights
+    pytest.importorskip("av")
+    import os
+    import re
+
+    import numpy as np
+
+    from arseg_ops import video
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    section = readme.split("## Networks: `arseg_ops.models`", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    g = np.random.default_rng(0)
+    video.encode([g.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(3)], "clip.mp4", gop=2)
+    hr_net, lr_net = models.build_networks("psp18")
+    torch.save(hr_net.state_dict(), "hr.pth")
+    torch.save({"module." + k: v for k, v in lr_net.state_dict().items()}, "lr.pth")
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert len(namespace["class_maps"]) == 3 and namespace["class_maps"][0].shape == (32, 48)
+    assert namespace["logits"].shape == (1, 12, 32, 48)
