@@ -6,7 +6,9 @@ call ends with a device synchronize, and extra_info records the case, its peak e
 max_memory_allocated; CPU: peak RSS of a worker process) and, for the kernels, the roofline traffic.
 
 ARSEG_BENCH_QUICK=1 shrinks every shape to a few pixels and runs one round: the smoke test uses it so the suite
-cannot rot without costing CI time. Numbers from a quick run mean nothing.
+cannot rot without costing CI time. Numbers from a quick run mean nothing: one round, and at a few pixels a
+multi-threaded CPU kernel's call is dominated by waiting for its worker thread (on a loaded machine a scheduler
+time slice, ~5-15 ms; see benchmarks/RESULTS.md); summarize.py says so above such tables.
 """
 import time
 
@@ -53,6 +55,7 @@ def measure(benchmark, memory_probe):
         info = benchmark.extra_info
         info.update(case.to_dict())
         info["size"] = "%dx%d" % case.size
+        info["quick"] = QUICK  # summarize.py labels a quick run's tables as no measurement
         try:
             info["peak_extra_bytes"] = memory_probe.measure(case)
         except RuntimeError as exc:

@@ -42,13 +42,21 @@ class ARSeg(nn.Module):
     fused=True (default): the non-keyframe hands the cached feature and the motion to CReFF, which warps, resizes
     and fuses in one arseg_ops.creff call; fused=False runs the unfused chain (mv_warp, resize, convs,
     local_attn). Parameters and checkpoints are the same either way.
+    block_size: the motion grid's cell in image pixels (arseg_ops.video.open's block_size, 4 by default):
+    non_keyframe then requires the grid that tiles the image, (ceil(H / block_size), ceil(W / block_size)), so a
+    field from another block size or image size is an error rather than silently stretched over the image.
+    None accepts any grid (mv_warp maps it proportionally onto the image).
     """
 
     def __init__(self, backbone="psp18", num_classes=12, scale=0.5, kernel_size=7, *,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, fused=True):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, fused=True, block_size=4):
         super().__init__()
         if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
+        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
+                                       or block_size < 1):
+            raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+        self.block_size = block_size
         self.backbone = backbone
         self.scale = float(scale)
         self.hr_net, self.lr_net = build_networks(backbone, num_classes, kernel_size, fused=fused)
@@ -97,6 +105,13 @@ class ARSeg(nn.Module):
                 image.shape[0], 2):
             shape = tuple(mv_to_key.shape) if isinstance(mv_to_key, torch.Tensor) else type(mv_to_key).__name__
             raise ValueError(f"non_keyframe: mv_to_key must be a ({image.shape[0]}, 2, Hb, Wb) tensor, got {shape}")
+        if self.block_size is not None:
+            grid = tuple(-(-n // self.block_size) for n in size)
+            if tuple(mv_to_key.shape[-2:]) != grid:
+                raise ValueError(f"non_keyframe: mv_to_key grid {mv_to_key.shape[-2]}x{mv_to_key.shape[-1]} does "
+                                 f"not tile the {size[0]}x{size[1]} image with {self.block_size}-pixel blocks: "
+                                 f"expected {grid[0]}x{grid[1]} (ARSeg(block_size=...) sets the block size; "
+                                 f"None accepts any grid)")
         mv_to_key = mv_to_key.to(device=self._key_feature.device, dtype=self._key_feature.dtype)
         small = resize_ac(image, lr_size(size, self.scale))
         mv_scale = motion_scale(self._key_feature.shape[-2:], size)

@@ -173,3 +173,30 @@ def test_a_compiled_implementation_that_fails_is_skipped_and_the_others_still_ti
     assert res["unfused"] == {"skipped": "Unsupported: graph break in fake_op"}
     assert res["fused"]["rounds"] == bench_command.MIN_ROUNDS and res["fused"]["peak_extra_bytes"] == 123
     assert res["fused"]["first_call_s"] >= 0 and len(calls) == 1 + 1 + bench_command.MIN_ROUNDS  # first, warm-up
+
+
+def test_legend_explains_rounds_and_notes_only_the_passes_and_waits_that_apply():
+    import argparse
+
+    from arseg_ops.cli import bench_format
+
+    args = argparse.Namespace(compile=False)
+    fwd = bench.Case("mv_warp", "fused", "forward", (12, 16), 8, 7, 4, "float32", "cpu")
+    short = {"fused": {"median_s": 0.011}, "reference": {"median_s": 0.0008}}
+    text = bench_command.legend(args, False, [(fwd, short)], [])
+    assert "rounds a/b = timed calls of the first/second implementation" in text
+    assert "forward_backward" not in text and "Baselines:" in text
+    both = bench_command.legend(args, False, [(fwd, short), (fwd.replace(pass_="forward_backward"), short)], [])
+    assert "forward_backward differentiates" in both
+    assert "Baselines:" not in bench_command.legend(args, False, [], [])  # an arseg_step-only run
+    note = bench_format.thread_wait_note("cpu", 2, [(fwd, short)])
+    assert note.startswith("mv_warp: calls under 20 ms on 2 CPU threads") and "OMP_NUM_THREADS=1" in note
+    assert bench_format.thread_wait_note("cpu", 1, [(fwd, short)]) is None
+    assert bench_format.thread_wait_note("cuda", 2, [(fwd, short)]) is None
+    assert bench_format.thread_wait_note("cpu", 2, [(fwd, {"fused": {"median_s": 0.5}})]) is None
+
+
+def test_run_ends_with_a_labelled_total_time(capsys):
+    assert cli.main(["bench"] + TINY + ["--ops", "mv_warp", "--passes", "forward", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("total time of this run: ") and "forward_backward" not in out

@@ -42,6 +42,26 @@ def test_benchmark_json_records_memory_and_compares(tmp_path):
     summary = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "summarize.py"), path],
                              capture_output=True, text=True, timeout=60)
     assert summary.returncode == 0 and "| fused |" in summary.stdout, summary.stderr
+    assert "NOT MEASUREMENTS: a quick run" in summary.stdout and "time vs baseline = " in summary.stdout
+    reference_rows = [line for line in summary.stdout.splitlines() if "| reference |" in line]
+    assert reference_rows and all("| fused |" in line for line in reference_rows)  # its baseline, named
+
+
+def test_summarize_labels_only_quick_runs_and_names_each_baseline(tmp_path):
+    def bench(group, impl, median, quick):
+        return {"group": group, "name": impl, "stats": {"median": median, "rounds": 5},
+                "extra_info": {"impl": impl, "peak_extra_bytes": 2e6, "quick": quick}}
+
+    for quick in (False, True):
+        run = {"benchmarks": [bench("creff", "unfused", 0.012, quick), bench("creff", "fused", 0.003, quick),
+                              bench("steps", "keyframe", 0.1, quick), bench("steps", "non_keyframe", 0.04, quick)]}
+        path = tmp_path / "run.json"
+        path.write_text(json.dumps(run))
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "summarize.py"), str(path)],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert ("NOT MEASUREMENTS" in out) == quick
+        assert "| creff | unfused | 12.00 | fused | 4.00x |" in out
+        assert "| steps | non_keyframe | 40.00 | keyframe | 0.40x |" in out
 
 
 def test_summarize_without_a_file_prints_usage():

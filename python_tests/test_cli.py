@@ -209,12 +209,14 @@ def test_motion_png_shows_the_pan_direction(clip, tmp_path, capsys):
     with video.open(clip) as frames:
         last_of_gop = [f for f in frames][GOP - 1]
     assert np.array_equal(image[:, :W], last_of_gop.image.numpy())
-    # content moved right, so the motion to the keyframe points left: hue 180 degrees, cyan
+    # content moved right on screen: drawn in the legend's right-hand colour, hue 0, red (mv_to_key points left)
+    assert last_of_gop.mv_to_key[0].median() < -1
     away = np.ones((H, W), bool)
     away[_legend_box(float(out.split("full colour at ")[1].split(" px")[0]))[0]] = False
     away[:8], away[-8:], away[:, :8], away[:, -8:] = False, False, False, False
     r, g, b = np.median(image[:, W:][away], axis=0)
-    assert g > r + 60 and b > r + 60
+    assert r > g + 60 and r > b + 60
+    # (test_motion_legend_disc_is_the_colour_key: the disc's right-hand side is this colour)
 
 
 def test_motion_b_frame_warning_is_one_plain_line(tmp_path, capsys):
@@ -343,3 +345,66 @@ def test_module_and_console_script_entry_points():
             assert proc.returncode == 0 and "GMACs" in proc.stdout
         else:
             assert proc.returncode == 2 and "HxW" in proc.stderr
+
+
+# ---- eval --plot ----
+
+
+def test_miou_chart_draws_each_value_where_the_axes_say():
+    from arseg_ops.cli import font, plot
+
+    result = {"distances": [0.7, 0.61, 0.55, float("nan"), 0.5], "hr": 0.7, "lr_only": 0.42, "ar_mean": 0.59,
+              "frames": 9, "length": 5, "scale": 0.5}
+    image, chart = plot.draw_miou_chart(result)
+    assert image.shape == (520, 800, 3) and (chart.y0, chart.y1) == (40, 70)  # 10-point steps around the values
+
+    def colour_at(x, y):
+        row, col = chart.px(x, y)
+        return tuple(image[int(round(row)), int(round(col))])
+
+    for d, m in enumerate(result["distances"]):
+        if m == m:  # NaN (no frame at that distance) is left out
+            assert colour_at(d, 100 * m) == plot.COLOURS["ar"], d
+    assert colour_at(3, 55) != plot.COLOURS["ar"] and colour_at(3, 50) != plot.COLOURS["ar"]
+    for key, level in (("hr", 70), ("lr_only", 42)):  # the levels, dashed across the plot
+        row = image[int(round(chart.px(0, level)[0])), chart.left:chart.right]
+        assert 0.3 < (row == plot.COLOURS[key]).all(axis=1).mean() < 0.9, key
+    # the axis label's text is drawn (rotated for y), in the 5x7 font
+    label = font.text_mask("keyframe distance d (frames)", plot.FONT_SCALE)
+    ink = (image[chart.bottom:, :] == 0).all(axis=2)
+    assert any(np.array_equal(ink[r:r + label.shape[0], c:c + label.shape[1]], label)
+               for r in range(ink.shape[0] - label.shape[0])
+               for c in (int((chart.left + chart.right) / 2 - label.shape[1] // 2),))
+    # without an LR-only network the legend says how to add it
+    plot.draw_miou_chart(dict(result, lr_only=None))
+    with pytest.raises(ValueError, match="font has no"):
+        font.text_mask("µ")
+
+
+def _command_parsers(parser, name="arseg"):
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _command_parsers(sub, name + " " + sub_name)
+
+
+def test_every_help_describes_each_option_and_shows_its_default():
+    for name, parser in _command_parsers(cli.build_parser()):
+        text = " ".join(parser.format_help().split())  # argparse wraps lines
+        for action in parser._actions:
+            if action.dest in ("help", "command", "layout"):
+                continue
+            assert action.help, "%s %s has no help" % (name, action.option_strings or action.dest)
+            default = action.default
+            if action.option_strings and default is not None and default is not False:
+                if isinstance(default, tuple):
+                    default = ("x" if len(default) == 2 and isinstance(default[0], int) else
+                               " " if action.nargs else ",").join(map(str, default))
+                # stated in the option's own words ("default: all") or appended by cli.common.HelpFormatter
+                assert "default" in action.help or "(default: %s)" % default in text, (name, action.option_strings)
+    synthetic = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["synthetic"].format_help().split())
+    assert "--val-sequences VAL_SEQUENCES how many of them form the 'val' split" in synthetic
+    assert "(default: 96x128)" in synthetic

@@ -151,7 +151,7 @@ def test_forward_matches_functional_rebuild(backbone, shape):
     lr_sd = {k: v.double() for k, v in release_state_dict(f"{backbone}_lr_with_creff", 2).items()}
     with torch.no_grad():
         key_out = seg.keyframe(image)
-        lr_out = seg.non_keyframe(image, torch.zeros(shape[0], 2, 4, 6, dtype=torch.float64))
+        lr_out = seg.non_keyframe(image, torch.zeros(shape[0], 2, shape[2] // 4, shape[3] // 4, dtype=torch.float64))
         exp_key, exp_lr = functional_forward(backbone, hr_sd, lr_sd, image, 0.5)
     assert key_out.shape == exp_key.shape == (shape[0], 12, *shape[2:])
     assert lr_out.shape == exp_lr.shape == key_out.shape
@@ -163,7 +163,7 @@ def test_forward_matches_functional_rebuild(backbone, shape):
 @pytest.mark.parametrize("backbone, feat_stride", [("psp18", 1), ("bisenet18", 8)])
 @pytest.mark.parametrize("size", [(32, 32), (48, 32), (40, 52), (26, 38)])
 def test_output_shapes(backbone, feat_stride, size):
-    seg = models.ARSeg(backbone, scale=0.6).eval()
+    seg = models.ARSeg(backbone, scale=0.6, block_size=None).eval()  # None: any motion grid
     image = torch.randn(1, 3, *size)
     with torch.no_grad():
         assert seg.keyframe(image).shape == (1, 12, *size)
@@ -242,6 +242,30 @@ def test_non_keyframe_needs_a_keyframe():
         seg.non_keyframe(torch.randn(1, 3, 32, 32), torch.zeros(1, 2, 2, 2))
     with pytest.raises(ValueError, match="backbone must be one of"):
         models.ARSeg("resnet50")
+
+
+def test_non_keyframe_refuses_a_motion_grid_that_does_not_tile_the_image():
+    # 240x320 with 4-pixel blocks is a 60x80 grid; a 30x40 one (8-pixel blocks) would be stretched silently
+    seg = models.ARSeg("tiny").eval()
+    image = torch.randn(1, 3, 240, 320)
+    with torch.no_grad():
+        seg.keyframe(image)
+        with pytest.raises(ValueError, match=r"grid 30x40 does not tile the 240x320 image with 4-pixel blocks: "
+                                             r"expected 60x80"):
+            seg.non_keyframe(image, torch.randn(1, 2, 30, 40))
+        assert seg.non_keyframe(image, torch.randn(1, 2, 60, 80)).shape == (1, 12, 240, 320)
+        eight = models.ARSeg("tiny", block_size=8).eval()
+        eight.load_state_dict(seg.state_dict())
+        eight.keyframe(image)
+        assert eight.non_keyframe(image, torch.randn(1, 2, 30, 40)).shape == (1, 12, 240, 320)
+        odd = torch.randn(1, 3, 30, 42)  # partial blocks at the edges: ceil(30/4) x ceil(42/4)
+        seg.keyframe(odd)
+        assert seg.non_keyframe(odd, torch.randn(1, 2, 8, 11)).shape == (1, 12, 30, 42)
+        with pytest.raises(ValueError, match="expected 8x11"):
+            seg.non_keyframe(odd, torch.randn(1, 2, 7, 10))
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="block_size must be a positive int or None"):
+            models.ARSeg("tiny", block_size=bad)
 
 
 def test_segment_switches_branches_and_normalizes():
@@ -524,3 +548,28 @@ def test_pointwise_conv_matches_the_convolution(bias):
     torch.testing.assert_close(pointwise_conv(cl, conv), conv(cl), atol=1e-5, rtol=1e-5)
     conv3 = torch.nn.Conv2d(16, 5, 3, padding=1)
     torch.testing.assert_close(pointwise_conv(x, conv3), conv3(x))
+
+
+def test_readme_networks_snippet_runs_as_written(tmp_path, monkeypatch):
+    # The README's `arseg_ops.models` example, verbatim, on a small clip and random release-format weights
+    pytest.importorskip("av")
+    import os
+    import re
+
+    import numpy as np
+
+    from arseg_ops import video
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    section = readme.split("## Networks: `arseg_ops.models`", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    g = np.random.default_rng(0)
+    video.encode([g.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(3)], "clip.mp4", gop=2)
+    hr_net, lr_net = models.build_networks("psp18")
+    torch.save(hr_net.state_dict(), "hr.pth")
+    torch.save({"module." + k: v for k, v in lr_net.state_dict().items()}, "lr.pth")
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert len(namespace["class_maps"]) == 3 and namespace["class_maps"][0].shape == (32, 48)
+    assert namespace["logits"].shape == (1, 12, 32, 48)

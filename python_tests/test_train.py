@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -301,6 +302,9 @@ def test_cli_exit_codes(dataset, tmp_path, capsys):
     assert exc.value.code == 2 and "--hr-checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli.main(["eval", dataset])
+    assert exc.value.code == 2 and "give either --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # the release's files carry no class count
+        cli.main(["eval", dataset, "--official", dataset, dataset])
     assert exc.value.code == 2 and "--num-classes is required" in capsys.readouterr().err
 
 
@@ -311,10 +315,108 @@ def test_train_and_eval_through_the_cli(dataset, tmp_path, capsys):
     assert cli.main(["train", *common, "--stage", "hr", "--out", str(hr), "--max-steps", "1", "--batch-size",
                      "2", "--quiet"]) == 0
     assert nets.load_checkpoint(str(hr / "last.pt"))["args"]["stage"] == "hr"
-    assert cli.main(["train", *common, "--stage", "ar", "--out", str(tmp_path / "ar"), "--max-steps", "1",
-                     "--batch-size", "2", "--quiet", "--hr-checkpoint", str(hr / "last.pt")]) == 0
-    assert cli.main(["eval", *common, "--checkpoint", str(tmp_path / "ar" / "last.pt")]) == 0
-    assert "mean" in capsys.readouterr().out
+    (summary,) = capsys.readouterr().out.splitlines()  # one line: steps, losses, why it stopped, checkpoint
+    assert summary.startswith("arseg train: stage hr, 1 steps in ") and "mean loss " in summary
+    assert "stopped at --max-steps 1 (--epochs 10 would be 30 steps)" in summary  # 6 rows / batch 2 = 3 a epoch
+    assert summary.endswith("checkpoint %s" % (hr / "last.pt"))
+    ar = tmp_path / "ar" / "last.pt"
+    assert cli.main(["train", *common, "--stage", "ar", "--out", str(ar.parent), "--max-steps", "1",
+                     "--batch-size", "2", "--quiet", "--hr-checkpoint", str(hr / "last.pt"), "--kernel-size", "5",
+                     "--scale", "0.75"]) == 0
+    assert "(seg " in capsys.readouterr().out  # the AR stage reports its seg and fst losses
+    # eval takes backbone, classes, window and scale from the checkpoint, and draws the curve
+    plot = tmp_path / "miou.png"
+    assert cli.main(["eval", dataset, "--length", str(L), "--checkpoint", str(ar), "--plot", str(plot),
+                     "--lr-checkpoint", str(_lr_checkpoint(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "mean" in out and "AR 0.75x" in out and "LR-only" in out and "wrote %s" % plot in out
+    with av.open(str(plot)) as container:
+        assert next(container.decode(video=0)).to_ndarray(format="rgb24").shape == (520, 800, 3)
+
+
+def _lr_checkpoint(tmp_path):
+    path = tmp_path / "lr.pt"
+    net, _ = nets.build_stage("lr", "tiny", NUM_CLASSES)
+    nets.save_checkpoint(path, {"stage": "lr", "backbone": "tiny", "num_classes": NUM_CLASSES, "kernel_size": 7,
+                                "scale": 0.5, "model": net.state_dict()})
+    return path
+
+
+def test_eval_options_must_agree_with_the_checkpoint(dataset, tmp_path, capsys):
+    ar = _ar_checkpoint(tmp_path)
+    for option in (["--num-classes", "3"], ["--backbone", "psp18"], ["--kernel-size", "3"], ["--scale", "0.25"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["eval", dataset, "--length", str(L), "--checkpoint", str(ar), *option])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and option[0] in err and "leave the option out" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["eval", dataset, "--checkpoint", str(ar), "--plot", str(tmp_path / "p.jpg")])
+    assert exc.value.code == 2 and "--plot" in capsys.readouterr().err
+
+
+def _ar_checkpoint(tmp_path, seed=4, name="ar.pt"):
+    """A stage-ar checkpoint as `train` writes it, without training (random tiny networks)."""
+    from arseg_ops.models import ARSeg
+
+    torch.manual_seed(seed)
+    model = ARSeg("tiny", NUM_CLASSES, 0.5)
+    path = tmp_path / name
+    nets.save_checkpoint(path, {"stage": "ar", "backbone": "tiny", "num_classes": NUM_CLASSES, "kernel_size": 7,
+                                "scale": 0.5, "model": model.lr_net.state_dict(),
+                                "hr_model": model.hr_net.state_dict()})
+    return path
+
+
+def test_segment_a_video_with_the_trained_checkpoint(dataset, tmp_path, capsys):
+    # the AR checkpoint alone segments a video: same class maps as ARSeg built from it, coloured by the palette
+    from arseg_ops import video
+    from arseg_ops.cli import images
+
+    ar = _ar_checkpoint(tmp_path)
+    clip = os.path.join(os.path.dirname(dataset), "videos", "seq00.mp4")
+    out_path = str(tmp_path / "seg.mkv")
+    assert cli.main(["segment", clip, "-o", out_path, "--checkpoint", str(ar), "--device", "cpu", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert "RANDOM" not in err and "tiny at LR scale 0.5" in out and "checkpoint" in out
+    model, _ = nets.arseg_from_checkpoint(str(ar))
+    with video.open(clip) as frames:
+        frames = list(frames)
+    expected = [images.palette(NUM_CLASSES)[c.numpy()].astype(np.float64) for c in model.eval().segment(frames)]
+    with av.open(out_path) as container:
+        written = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(written) == len(expected) == 10
+    # lossy H.264 of small, busy maps: much closer to these maps than to another network's
+    other, _ = nets.arseg_from_checkpoint(str(_ar_checkpoint(tmp_path, seed=5, name="other.pt")))
+    wrong = [images.palette(NUM_CLASSES)[c.numpy()].astype(np.float64) for c in other.eval().segment(frames)]
+    errors = [np.abs(w - e).mean() for w, e in zip(written, expected)]
+    far = [np.abs(w - e).mean() for w, e in zip(written, wrong)]
+    assert max(errors) < 20 and all(e < 0.5 * f for e, f in zip(errors, far)), (errors, far)
+
+    # a train checkpoint where the release's .pth goes says to use --checkpoint; the options must agree
+    assert cli.main(["segment", clip, "-o", out_path, "--hr-weights", str(ar), "--lr-weights", str(ar)]) == 1
+    err = capsys.readouterr().err
+    assert "is an `arseg train` checkpoint (stage ar)" in err and "as --checkpoint alone" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["segment", clip, "-o", out_path, "--checkpoint", str(ar), "--num-classes", "12"])
+    assert exc.value.code == 2 and "trained with num classes 6" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["segment", clip, "-o", out_path, "--checkpoint", str(ar), "--hr-weights", str(ar)])
+    assert exc.value.code == 2 and "give it alone" in capsys.readouterr().err
+    hr_only = tmp_path / "hr.pt"
+    nets.save_checkpoint(hr_only, dict(nets.load_checkpoint(str(ar)), stage="hr"))
+    assert cli.main(["segment", clip, "-o", out_path, "--checkpoint", str(hr_only)]) == 1
+    assert "stage 'ar' one" in capsys.readouterr().err
+
+
+def test_motion_cache_shows_one_progress_bar(dataset, tmp_path, capsys, monkeypatch):
+    rows = manifest.read_manifest(dataset)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm and video.encode draw only on a terminal
+    ClipCache(tmp_path / "cache", length=L).prepare(rows)
+    err = capsys.readouterr().err
+    assert err.count("motion cache") >= 1 and "encode" not in err
+    assert "%d/%d" % (len(rows), len(rows)) in err
+    ClipCache(tmp_path / "cache", length=L).prepare(rows)  # nothing missing: no bar
+    assert "motion cache" not in capsys.readouterr().err
 
 
 # ---- evaluation ----

@@ -246,7 +246,7 @@ def _build_arseg_step(case, gen):
     if case.pass_ != "forward":
         raise ValueError("arseg_step is inference only (pass_='forward')")
     seg = models.ARSeg(backbone=case.backbone, num_classes=12, kernel_size=case.kernel_size,
-                       fused=case.impl != "non_keyframe_unfused")
+                       fused=case.impl != "non_keyframe_unfused", block_size=case.block)
     seg = seg.to(case.device, DTYPES[case.dtype]).eval()
     image = _randn(case, gen, (case.batch, 3) + case.size)
     mv = _block_motion(case, gen)

@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 
-from . import bench_command, flops_command, train_commands, video_commands
+from . import bench_command, common, flops_command, train_commands, video_commands
 from .common import CliError
 
 COMMAND_GROUPS = (bench_command, flops_command, video_commands, train_commands)
@@ -29,6 +29,7 @@ def build_parser():
     # Each command reports usage errors with its own parser ("arseg motion: error: ..."), not the top-level one.
     for name, command_parser in sub.choices.items():
         command_parser.set_defaults(command_parser=command_parser)
+    common.use_help_formatter(parser)  # every --help shows the defaults
     return parser
 
 

@@ -148,6 +148,24 @@ def _measure(args, device, size, image_size, progress):
     return results, step_results, peer_results
 
 
+def legend(args, cuda, results, peer_results):
+    """What the tables' columns mean, for the cases that ran (the forward_backward note only when that pass
+    did)."""
+    compiled = " (compiled cases: after their first, compiling call)" if args.compile else ""
+    text = ("Times: median (interquartile range) in ms over the timed rounds, after one untimed warm-up call%s; the "
+            "rounds of the implementations compared alternate. rounds a/b = timed calls of the first/second "
+            "implementation (fused/baseline; keyframe/non-keyframe for arseg_step): at least %d each, more until "
+            "--min-time is spent. Peak MB = peak memory above the inputs during one call (%s)."
+            % (compiled, MIN_ROUNDS, "torch.cuda.max_memory_allocated" if cuda else "peak RSS of a worker process"))
+    if any(case.pass_ == "forward_backward" for case, _ in results + peer_results):
+        text += (" forward_backward differentiates q, k, v (local_attn), the feature (mv_warp; codec motion has no "
+                 "gradient), the keyframe and LR features and the conv weights (creff).")
+    if results:
+        text += (" Baselines: the pure-PyTorch reference (local_attn, mv_warp); the unfused chain mv_warp, resize, 3 "
+                 "depthwise convs, local_attn, add (creff).")
+    return text
+
+
 def _print_header(args, device, where, size, image_size):
     what = []
     if any(op in KERNEL_OPS for op in args.ops):
@@ -207,19 +225,15 @@ def run(args, parser):
         print()
         print(bench_peers.describe(device))
         print(common.format_table(*bench_peers.table(peer_results)))
-    print("\nTimes: median (interquartile range) in ms over the timed rounds, after one untimed warm-up call%s; the "
-          "rounds of the implementations compared alternate. Peak MB = peak memory above the inputs during one "
-          "call (%s). forward_backward differentiates q, k, v (local_attn), the feature (mv_warp; codec motion has "
-          "no gradient), the keyframe and LR features and the conv weights (creff). Baselines: the pure-PyTorch "
-          "reference (local_attn, mv_warp); the unfused chain mv_warp, resize, 3 depthwise convs, local_attn, add "
-          "(creff)." % (" (compiled cases: after their first, compiling call)" if args.compile else "",
-                        "torch.cuda.max_memory_allocated" if cuda else "peak RSS of a worker process"))
+    print("\n" + legend(args, cuda, results, peer_results))
     if cuda and results:
         print("Roofline: compulsory traffic (inputs read once, outputs written once) / %.1f TB/s."
               % (bench.PEAK_BANDWIDTH / 1e12))
-    for note in notes:
+    wait = bench_format.thread_wait_note(device, torch.get_num_threads(), results)
+    for note in notes + ([wait] if wait else []):
         print("note: " + note)
-    print("(%.1f s)" % (time.perf_counter() - started))
+    print("total time of this run: %.1f s (setup, warm-up, timed rounds and memory probes)"
+          % (time.perf_counter() - started))
     if args.json:
         _write_json(args.json, args, device, where, size, image_size, results, step_results, peer_results)
     return 0
@@ -243,7 +257,7 @@ def register(sub):
                         "forward)" % ", ".join(bench.PASSES))
     p.add_argument("--backbones", type=common.comma_list(BACKBONES), default=BACKBONES,
                    help="comma-separated arseg_step networks, from %s (default: both)" % ", ".join(BACKBONES))
-    p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="float32", help="element type of every input")
     p.add_argument("--size", type=common.size,
                    help="feature map HxW of local_attn, mv_warp and creff (default 720x960 on CUDA, 180x240 on CPU)")
     p.add_argument("--image-size", type=common.size,

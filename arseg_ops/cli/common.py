@@ -94,6 +94,34 @@ def existing_file(text):
     return text
 
 
+# ---- help ----
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, "(default: X)", unless the text already states it; options
+    whose default is None or False (unset flags, "derived from ...") say what happens in their own text."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or "default" in text):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = ("x" if len(default) == 2 and all(isinstance(v, int) for v in default) and
+                       action.metavar is None else " " if action.nargs else ",").join(map(str, default))
+        return "%s (default: %s)" % (text, str(default).replace("%", "%%")) if text else "default: %s" % default
+
+
+def use_help_formatter(parser):
+    """HelpFormatter for `parser` and every sub-command under it."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_help_formatter(sub)
+
+
 # ---- parent parsers: options several commands share, defined once ----
 
 
@@ -111,7 +139,7 @@ def quiet_options(what="progress output"):
 
 def backbone_options():
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--backbone", choices=("psp18", "bisenet18"), default="psp18")
+    p.add_argument("--backbone", choices=("psp18", "bisenet18"), default="psp18", help="the paper's network")
     p.add_argument("--scale", type=scale, default=0.5, help="LR scale in (0, 1] (default 0.5)")
     return p
 

@@ -13,13 +13,14 @@ PAPER_NOTES = {
 }
 
 
-def hr_lr_ar(backbone, size, scale, gop, num_classes=12):
+def hr_lr_ar(backbone, size, scale, gop, num_classes=12, kernel_size=7):
     """(HR GMACs, LR-with-CReFF GMACs, average per frame over a GOP)."""
     hr = models.count_gmacs(backbone, size, scale=1.0, num_classes=num_classes)
     if scale == 1.0:
         return hr, hr, hr
     # count_gmacs averages (HR + (L-1) LR) / L; a GOP of 2 isolates the LR frame's cost exactly.
-    lr = 2 * models.count_gmacs(backbone, size, scale=scale, keyframe_interval=2, num_classes=num_classes) - hr
+    lr = 2 * models.count_gmacs(backbone, size, scale=scale, keyframe_interval=2, num_classes=num_classes,
+                                kernel_size=kernel_size) - hr
     return hr, lr, (hr + (gop - 1) * lr) / gop
 
 

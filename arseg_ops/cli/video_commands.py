@@ -20,18 +20,25 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 # ---- segment ----
 
 RANDOM_WEIGHTS_WARNING = """
-!!! WARNING: no --hr-weights/--lr-weights given: AR-Seg runs with RANDOM weights. !!!
+!!! WARNING: no --checkpoint or --hr-weights/--lr-weights given: AR-Seg runs with RANDOM weights. !!!
 !!! The output video shows no real segmentation; use this run only to measure speed. !!!
 """
+# What segment uses without a checkpoint (the release's CamVid setting); a checkpoint brings its own.
+RELEASE_DEFAULTS = {"backbone": "psp18", "scale": 0.5, "num_classes": 12}
 
 
-def _load_state_dict(path):
+def _load_state_dict(path, option):
+    from ..train import nets
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable or non-tensor pickles
         raise CliError("cannot read weights %r: %s" % (path, str(exc).strip().splitlines()[0])) from exc
+    if isinstance(obj, dict) and obj.get("format") == nets.FORMAT:
+        raise CliError("%s %r is an `arseg train` checkpoint (stage %s), not a release .pth: give a stage ar "
+                       "checkpoint as --checkpoint alone" % (option, path, obj.get("stage")))
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # training checkpoints wrap the weights
+        obj = obj["state_dict"]  # the release's training checkpoints wrap the weights
     if not isinstance(obj, dict):
         raise CliError("%r holds a %s, not a state_dict" % (path, type(obj).__name__))
     return obj
@@ -44,24 +51,59 @@ def _video():
     return video
 
 
+def _segment_model(args, parser):
+    """ARSeg from --checkpoint (which knows backbone, classes, scale and window), the release's two .pth files,
+    or random weights; fills args.backbone / scale / num_classes / kernel_size with what the model uses."""
+    from ..train import nets
+
+    if args.checkpoint:
+        if args.hr_weights or args.lr_weights:
+            parser.error("--checkpoint holds both networks: give it alone, without --hr-weights/--lr-weights")
+        try:
+            seg, ckpt = nets.arseg_from_checkpoint(args.checkpoint)
+        except ValueError as exc:
+            raise CliError("--checkpoint: %s" % exc) from None
+        for name in RELEASE_DEFAULTS:
+            given = getattr(args, name)
+            if given is not None and given != ckpt[name]:
+                parser.error("--%s %s: the checkpoint was trained with %s %s; leave the option out"
+                             % (name.replace("_", "-"), given, name.replace("_", " "), ckpt[name]))
+            setattr(args, name, ckpt[name])
+        args.kernel_size = ckpt["kernel_size"]
+        return seg
+    if (args.hr_weights is None) != (args.lr_weights is None):
+        parser.error("--hr-weights and --lr-weights go together: give both or neither (or a --checkpoint of "
+                     "`arseg train --stage ar`)")
+    for name, value in RELEASE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.kernel_size = 7
+    weights = None
+    if args.hr_weights:
+        weights = _load_state_dict(args.hr_weights, "--hr-weights"), _load_state_dict(args.lr_weights,
+                                                                                       "--lr-weights")
+    seg = models.ARSeg(args.backbone, num_classes=args.num_classes, scale=args.scale)
+    if weights:
+        seg.load_official(*weights)
+    return seg
+
+
+def weights_note(args):
+    if args.checkpoint:
+        return " (checkpoint %s)" % args.checkpoint
+    return "" if args.hr_weights else " (RANDOM weights)"
+
+
 def segment(args, parser):
     video = _video()
     common.check_output(args.output, parser, VIDEO_SUFFIXES, "the segmentation video")
-    if (args.hr_weights is None) != (args.lr_weights is None):
-        parser.error("--hr-weights and --lr-weights go together: give both or neither")
     device = common.resolve_device(args.device, parser)
-    # Every input is opened and checked before the model is built and the RANDOM-weights banner is printed,
-    # so a missing or unreadable file is the only message the user sees.
-    with video.open(args.video) as clip:
-        weights = None
-        if args.hr_weights:
-            weights = _load_state_dict(args.hr_weights), _load_state_dict(args.lr_weights)
-        seg = models.ARSeg(args.backbone, num_classes=args.num_classes, scale=args.scale)
-        if weights:
-            seg.load_official(*weights)
-        else:
+    seg = _segment_model(args, parser).to(device).eval()
+    # The video is opened and checked before the RANDOM-weights banner is printed, so a missing or unreadable
+    # file is the only message the user sees. Its motion grid is the one the model expects.
+    with video.open(args.video, block_size=seg.block_size) as clip:
+        if not (args.checkpoint or args.hr_weights):
             print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-        seg = seg.to(device).eval()
         return _segment_clip(args, clip, seg, device)
 
 
@@ -104,11 +146,11 @@ def _segment_clip(args, clip, seg, device):
         _video().encode(rendered(), args.output, gop=12, fps=clip.fps)
     total_s = time.perf_counter() - started
     n, k = stats["frames"], stats["keyframes"]
-    hr, lr, _ = hr_lr_ar(args.backbone, size, args.scale, 12, args.num_classes)
+    hr, lr, _ = hr_lr_ar(args.backbone, size, args.scale, 12, args.num_classes, args.kernel_size)
     average = (k * hr + (n - k) * lr) / n
     model_s = max(stats["segment_s"] - stats["decode_s"], 1e-9)
     print("arseg segment: %s, %s at LR scale %g on %s%s" % (args.video, args.backbone, args.scale, device,
-                                                          "" if args.hr_weights else " (RANDOM weights)"))
+                                                          weights_note(args)))
     print("frames %d, keyframes %d (HR network), %d LR frames with CReFF" % (n, k, n - k))
     print("compute %.2f GMACs/frame on average vs %.2f for the 1.0x model (%.1f%%)" % (average, hr,
                                                                                     100 * average / hr))
@@ -122,11 +164,14 @@ def _segment_clip(args, clip, seg, device):
 
 
 def _motion_image(frame, max_motion):
-    """The frame and its motion to the keyframe, side by side (motion cells drawn at their pixels), with the
-    colour-wheel legend in the motion panel's bottom-right corner."""
+    """The frame and how its content moved on screen since the keyframe, side by side (motion cells drawn at
+    their pixels), with the colour-wheel legend in the motion panel's bottom-right corner.
+
+    mv_to_key points from a pixel to where its content was in the keyframe, so the screen motion since the
+    keyframe is -mv_to_key: a background panning left is drawn in the disc's left colour."""
     image = frame.image.numpy()
     h, w = image.shape[:2]
-    cells = motion_colours(frame.mv_to_key.numpy(), max_motion)
+    cells = motion_colours(-frame.mv_to_key.numpy(), max_motion)
     hb, wb = cells.shape[:2]
     # the block lookup of mv_warp: pixel (y, x) uses cell (floor(y*Hb/H), floor(x*Wb/W))
     pixels = cells[(np.arange(h) * hb // h)[:, None], (np.arange(w) * wb // w)[None, :]]
@@ -163,8 +208,8 @@ def motion(args, parser):
             raise CliError("--frame %d: the video has only %d frames" % (args.frame, count))
         max_motion = args.max_motion or _motion_scale([chosen.mv_to_key])
         write_png(args.output, even(_motion_image(chosen, max_motion)))
-        print("arseg motion: frame %d (keyframe %d), full colour at %.2f px; wrote %s"
-              % (chosen.index, chosen.key_index, max_motion, args.output))
+        print("arseg motion: frame %d (keyframe %d), motion on screen since the keyframe, full colour at %.2f px; "
+              "wrote %s" % (chosen.index, chosen.key_index, max_motion, args.output))
         return 0
     max_motion = args.max_motion
     if max_motion is None:  # a first pass over the motion only, so every frame shares one colour scale
@@ -178,33 +223,46 @@ def motion(args, parser):
                 yield even(_motion_image(frame, max_motion))
 
         count = video.encode(rendered(), args.output, gop=12, fps=clip.fps)
-    print("arseg motion: %d frames, full colour at %.2f px; wrote %s" % (count, max_motion, args.output))
+    print("arseg motion: %d frames, motion on screen since each keyframe, full colour at %.2f px; wrote %s"
+          % (count, max_motion, args.output))
     return 0
 
 
 def register(sub):
-    p = sub.add_parser("segment", parents=[common.backbone_options(), common.device_options(),
-                                           common.quiet_options("progress bar")],
+    p = sub.add_parser("segment", parents=[common.device_options(), common.quiet_options("progress bar")],
                        help="run AR-Seg over an H.264 video and write a colour-coded video",
                        description="Segment an H.264 video with AR-Seg (HR network on keyframes, LR network + "
-                                   "CReFF on the others) and write the class maps as a colour-coded video.")
+                                   "CReFF on the others) and write the class maps as a colour-coded video. The "
+                                   "weights: a --checkpoint of `arseg train --stage ar` (it knows its backbone, "
+                                   "classes, scale and CReFF window), or the release's --hr-weights and "
+                                   "--lr-weights; without either, random weights (for timing only).")
     p.add_argument("video", help="input H.264 video")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov, .avi)")
+    p.add_argument("--checkpoint", type=common.existing_file,
+                   help="last.pt of `arseg train --stage ar` (holds the HR network too); give it alone")
     p.add_argument("--hr-weights", type=common.existing_file, help="the release's HR checkpoint (.pth)")
     p.add_argument("--lr-weights", type=common.existing_file, help="the release's LR checkpoint (.pth)")
-    p.add_argument("--num-classes", type=common.positive_int, default=12, help="classes (default 12, CamVid)")
+    p.add_argument("--backbone", choices=("psp18", "bisenet18"),
+                   help="network of the release's weights (default psp18; a --checkpoint knows its own)")
+    p.add_argument("--scale", type=common.scale, help="LR scale in (0, 1] (default 0.5; a --checkpoint knows its own)")
+    p.add_argument("--num-classes", type=common.positive_int,
+                   help="classes (default 12, CamVid's; a --checkpoint knows its own)")
     p.add_argument("--overlay", action="store_true", help="blend the colours over the video frames")
     p.set_defaults(func=segment)
 
     p = sub.add_parser("motion", parents=[common.quiet_options("progress bar")],
-                       help="visualize the codec's motion to the keyframe (HSV colour wheel)",
-                       description="Show each frame next to its motion accumulated to the keyframe: hue = "
-                                   "direction, saturation = speed (white = still). A legend in the corner shows "
-                                   "the colour wheel and the pixels of motion drawn at full colour.")
+                       help="visualize the codec's motion since the keyframe (HSV colour wheel)",
+                       description="Show each frame next to how its content moved on screen since the keyframe "
+                                   "(the codec's motion accumulated over the GOP): hue = the direction it moved, "
+                                   "saturation = how far (white = still). The legend disc in the corner is the "
+                                   "key in screen terms: its right edge's colour = moved right, top = moved up, "
+                                   "and so on; the number under it is the distance in pixels drawn at full "
+                                   "colour.")
     p.add_argument("video", help="input H.264 video")
     p.add_argument("-o", "--output", required=True, help="a .png (one frame) or a video (.mp4, .mkv, .mov, .avi)")
     p.add_argument("--frame", type=int, help="PNG only: frame index (default: the last frame of the first GOP)")
-    p.add_argument("--max-motion", type=float, help="pixels of motion shown at full colour (default: the "
-                                                    "largest in the output)")
+    p.add_argument("--max-motion", type=float,
+                   help="pixels of motion shown at full colour (default: the 99th percentile of the motion "
+                        "magnitudes, of the frame for a PNG, of the whole video for a video)")
     p.add_argument("--block-size", type=common.positive_int, default=4, help="motion grid cell in pixels (default 4)")
     p.set_defaults(func=motion)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -54,14 +55,20 @@ class ClipCache:
     def entry_dir(self, video_path, frame):
         return self.dir / self._key(video_path, frame)
 
-    def prepare(self, rows):
-        """Build the missing entries, decoding each source video once."""
+    def prepare(self, rows, progress=True):
+        """Build the missing entries, decoding each source video once. progress: one tqdm bar over all missing
+        entries (on a terminal)."""
+        from tqdm import tqdm
+
         by_video = {}
         for row in rows:
             if not (self.entry_dir(row.video, row.frame) / "motion.pt").is_file():
                 by_video.setdefault(row.video, set()).add(row.frame)
-        for path, frames in by_video.items():
-            self._build(path, sorted(frames))
+        missing = sum(len(frames) for frames in by_video.values())
+        with tqdm(total=missing, desc="motion cache", unit="clip", dynamic_ncols=True,
+                  disable=not (progress and missing and sys.stderr.isatty())) as bar:
+            for path, frames in by_video.items():
+                self._build(path, sorted(frames), bar.update)
 
     def load(self, video_path, frame):
         """(frames uint8 (n, H, W, 3) for t-n+1 .. t, motion float (n, 2, Hb, Wb) with motion[d] = t -> t-d)."""
@@ -84,7 +91,7 @@ class ClipCache:
                 self._memory_used -= old_frames.numel() + old_motion.numel() * 4
         return frames, motion
 
-    def _build(self, video_path, frames):
+    def _build(self, video_path, frames, built=lambda n: None):
         wanted = {}  # source frame index -> labelled frames that need it
         for t in frames:
             for i in range(max(0, t - self.length + 1), t + 1):
@@ -103,6 +110,7 @@ class ClipCache:
                 if i in frames:
                     start = max(0, i - self.length + 1)
                     self._write_entry(video_path, i, [held[j] for j in range(start, i + 1)])
+                    built(1)
                     for j in range(start, i + 1):  # frees frames no later labelled frame needs
                         if all(t <= i for t in wanted[j]):
                             held.pop(j, None)
@@ -115,7 +123,8 @@ class ClipCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))
         try:
-            video.encode(images, tmp / "clip.mp4", gop=self.length, crf=self.settings["crf"],
+            # a generator, not the list: encode then shows no bar of its own (prepare's one bar counts entries)
+            video.encode(iter(images), tmp / "clip.mp4", gop=self.length, crf=self.settings["crf"],
                          preset=self.settings["preset"])
             with video.open(tmp / "clip.mp4", block_size=self.block_size, strict=True) as clip:
                 per_frame = [fr.mv for fr in clip]

@@ -19,21 +19,21 @@ from .manifest import camvid_class_map, read_manifest
 from .metrics import confusion_matrix, mean_iou
 
 
+# What the release's .pth files are taken to be when an option is left out (its CamVid PSPNet-18 setting); a
+# stage-ar checkpoint knows its own network.
+RELEASE_NETWORK = {"backbone": "psp18", "kernel_size": 7, "scale": 0.5}
+
+
 def build_arseg(args):
     """ARSeg from an `arseg train` stage-ar checkpoint, or from the release's (HR, LR) .pth files."""
     if args.official:
         hr_path, lr_path = args.official
-        model = ARSeg(args.backbone, args.num_classes, args.scale, args.kernel_size)
+        net = {k: getattr(args, k) or v for k, v in RELEASE_NETWORK.items()}
+        model = ARSeg(net["backbone"], args.num_classes, net["scale"], net["kernel_size"],
+                      block_size=args.block_size)
         model.load_official(nets.release_state_dict(hr_path), nets.release_state_dict(lr_path))
         return model
-    ckpt = nets.load_checkpoint(args.checkpoint)
-    if ckpt["stage"] != "ar":
-        raise ValueError(f"{args.checkpoint!r} is a stage {ckpt['stage']!r} checkpoint; --checkpoint takes the "
-                         "stage 'ar' one (use --lr-checkpoint for an LR-only network)")
-    model = ARSeg(ckpt["backbone"], ckpt["num_classes"], ckpt["scale"], ckpt["kernel_size"])
-    model.hr_net.load_state_dict(ckpt["hr_model"])
-    model.lr_net.load_state_dict(ckpt["model"])
-    return model
+    return nets.arseg_from_checkpoint(args.checkpoint, args.block_size)[0]
 
 
 def _load_lr_only(path, backbone, num_classes):

@@ -90,7 +90,7 @@ class Trainer:
                           length=args.length, block_size=args.block_size)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            cache.prepare(rows)
+            cache.prepare(rows, progress=not args.quiet)
         self.dist.barrier()  # the other ranks read the cache rank 0 built
         augment = None if args.no_augment else {"scale_range": tuple(args.scale_range), "crop_size": args.crop,
                                                  "flip": not args.no_flip}
@@ -139,6 +139,7 @@ class Trainer:
     def state(self):
         payload = {"stage": self.args.stage, "backbone": self.args.backbone, "num_classes": self.args.num_classes,
                    "kernel_size": self.args.kernel_size, "scale": self.args.scale, "length": self.args.length,
+                   "block_size": self.args.block_size,
                    "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
                    "args": _plain_args(self.args)}
@@ -205,6 +206,7 @@ class Trainer:
 
         args = self.args
         metrics_path = self.out / "metrics.jsonl"
+        self.started, self.first_step, self.last_record = time.perf_counter(), self.step, None
         while self.epoch < args.epochs and self.step < self.total_steps:
             self.net.train()
             if self.sampler is not None:
@@ -233,6 +235,7 @@ class Trainer:
             record.update({k: totals[i] / max(totals[-1], 1) for i, k in enumerate(names)
                            if k != "fst_loss" or args.stage == "ar"})
             self.epoch += 1
+            self.last_record = record
             if self.dist.main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -240,12 +243,32 @@ class Trainer:
             self.dist.barrier()
         return self.out / "last.pt"
 
+    def summary(self, path):
+        """One line after train(): steps, the last epoch's mean losses, why it stopped, the checkpoint."""
+        args, record = self.args, self.last_record
+        if record is None:
+            return (f"arseg train: nothing to train: {path} is at step {self.step} of {self.total_steps} "
+                    f"(epoch {self.epoch} of {args.epochs})")
+        planned = args.epochs * len(self.loader)
+        losses = ", ".join(f"{k.replace('_loss', '')} {record[k]:.4f}" for k in ("seg_loss", "fst_loss") if k in record)
+        line = (f"arseg train: stage {args.stage}, {self.step - self.first_step} steps in "
+                f"{time.perf_counter() - self.started:.1f} s (step {self.step}, epoch {self.epoch}), last epoch's "
+                f"mean loss {record['loss']:.4f}" + (f" ({losses})" if args.stage == "ar" else ""))
+        if args.max_steps and self.step >= args.max_steps and args.max_steps < planned:
+            line += (f"; stopped at --max-steps {args.max_steps} (--epochs {args.epochs} would be {planned} "
+                     f"steps)")
+        return line + f"; checkpoint {path}"
 
-def run(args):
-    """Train as the parsed arguments say; returns the last checkpoint's path. Cleans up the process group."""
+
+def run(args, report=print):
+    """Train as the parsed arguments say; returns the last checkpoint's path and passes the summary line to
+    `report` (rank 0; None: no summary). Cleans up the process group."""
     trainer = Trainer(args)
     try:
-        return trainer.train()
+        path = trainer.train()
+        if report is not None and trainer.dist.main:
+            report(trainer.summary(path))
+        return path
     finally:
         if trainer.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()

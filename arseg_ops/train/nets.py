@@ -105,3 +105,21 @@ def hr_weights(path):
     if ckpt["stage"] == "ar":
         return ckpt["hr_model"]
     raise ValueError(f"{path!r} is a stage {ckpt['stage']!r} checkpoint; the HR network comes from stage hr")
+
+
+def arseg_from_checkpoint(path, block_size=None):
+    """(ARSeg, checkpoint) from an `arseg train --stage ar` checkpoint, which holds everything inference needs:
+    backbone, classes, LR scale, CReFF window, the LR network with CReFF ("model") and the frozen HR network
+    ("hr_model"). block_size: the motion grid cell (default: the checkpoint's training value, else 4)."""
+    from ..models import ARSeg
+
+    ckpt = load_checkpoint(path)
+    if ckpt["stage"] != "ar":
+        raise ValueError(f"{path!r} is a stage {ckpt['stage']!r} checkpoint; AR-Seg needs the stage 'ar' one "
+                         "(it holds the LR network with CReFF and the HR network; a stage 'lr' network, the LR-only "
+                         "baseline, goes to `arseg eval --lr-checkpoint`)")
+    model = ARSeg(ckpt["backbone"], ckpt["num_classes"], ckpt["scale"], ckpt["kernel_size"],
+                  block_size=block_size or ckpt.get("block_size", 4))
+    model.hr_net.load_state_dict(ckpt["hr_model"])
+    model.lr_net.load_state_dict(ckpt["model"])
+    return model, ckpt
