@@ -163,6 +163,27 @@ def test_torch_compile_fullgraph(device):
     testing.assert_compiled_matches_eager(step, _inputs((1, 4, 3, 7, 9, 3), device, torch.float32))
 
 
+def test_torch_compile_dynamic_shapes(device):
+    """Default arguments (kernel_size=7, scale=1.0: a symbolic float under dynamic=True) and changing shapes."""
+    def step(q, k, v):
+        return (arseg_ops.local_attn(q, k, v) + v).square().sum()
+
+    # Sizes of the first call all differ (and are > 1): Dynamo gives equal sizes one symbol and specializes 0 and 1.
+    cases = [(2, 4, 5, 9, 11, 7), (2, 6, 3, 10, 8, 7), (2, 3, 4, 12, 13, 7)]
+    testing.assert_compiled_dynamic_matches_eager(step, [_inputs(c, device, torch.float32) for c in cases])
+
+
+def test_torch_compile_dynamic_non_finite_scale(device):
+    """A traced (symbolic) scale cannot be checked while tracing: the kernel's own check still names it."""
+    compiled = torch.compile(lambda q, s: arseg_ops.local_attn(q, q, q, 3, scale=s), fullgraph=True, dynamic=True)
+    torch._dynamo.reset()
+    q = torch.randn(2, 4, 6, 7, device=device)
+    testing.assert_close(compiled(q, 0.5), reference.local_attn(q, q, q, 3, scale=0.5))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(RuntimeError, match="'scale' must be finite"):
+            compiled(q, bad)
+
+
 def test_backward_memory_is_bounded(device):
     """The backward keeps O(N*H*W*k*k) scratch, never the unfolded C*k*k*H*W copies (checked on CPU by
     looking at the largest allocation the profiler sees)."""

@@ -220,6 +220,16 @@ def test_output_memory_format_matches_fake_kernel(device, warp_kernels):
     torch.library.opcheck(ops.mv_warp_backward_feature.default, (grad, mv) + args, test_utils=checks)
 
 
+def test_torch_compile_dynamic_shapes(device):
+    """Default arguments (scale=1.0 is traced as a symbolic float under dynamic=True) and shapes that change."""
+    def step(f, m):
+        return (arseg_ops.mv_warp(f, m) * 2).square().sum()
+
+    # Sizes of the first call all differ (and are > 1): Dynamo gives equal sizes one symbol and specializes 0 and 1.
+    shapes = [(2, 4, 9, 13, 5, 6), (2, 3, 11, 8, 4, 3), (2, 5, 12, 10, 6, 5)]
+    testing.assert_compiled_dynamic_matches_eager(step, [_inputs(s, device, torch.float32) for s in shapes])
+
+
 def test_torch_compile_fullgraph(device):
     def step(f, m):
         return (arseg_ops.mv_warp(f, m, scale=0.5, padding_mode="border") * 2).sum()
