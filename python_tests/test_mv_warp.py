@@ -204,13 +204,13 @@ def test_opcheck(device):
 
 def test_output_memory_format_matches_fake_kernel(device, warp_kernels):
     """channels_last input: the real kernels and the fake kernel (what torch.compile plans with) agree on the
-    output's memory format, per device and kernel switch. Only the opt-in v2 CUDA kernels keep channels_last."""
+    output's memory format, per device and kernel switch. CPU and the opt-in v2 CUDA kernels keep channels_last."""
     feature, mv = _inputs((2, 6, 10, 12, 5, 6), device, torch.float32)
     f_cl = feature.to(memory_format=torch.channels_last)
     ops = torch.ops.arseg_ops
     args = (1.0, 0.5, "bilinear", "zeros")
     out = arseg_ops.mv_warp(f_cl, mv, scale=(1.0, 0.5))
-    keeps = device == "cuda" and warp_kernels == "experimental"
+    keeps = device == "cpu" or warp_kernels == "experimental"
     assert out.is_contiguous(memory_format=torch.channels_last if keeps else torch.contiguous_format)
     torch.testing.assert_close(out, reference.mv_warp(feature, mv, scale=(1.0, 0.5)))
     grad = torch.randn_like(feature).to(memory_format=torch.channels_last)

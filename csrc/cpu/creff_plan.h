@@ -7,15 +7,12 @@
 
 #include "../creff_math.h"
 #include "../local_attn_math.h"  // kMaxKernelSize
+#include "cpu_layout.h"          // Strides4, ARSEG_ALWAYS_INLINE
 
 namespace arseg {
 namespace cpu_creff {
 
-#define ARSEG_ALWAYS_INLINE inline __attribute__((always_inline))
-
-struct Strides4 {
-  int64_t n, c, h, w;
-};
+using cpu::Strides4;
 
 // Halo columns kept on each side of a strip in every ring buffer: >= K/2 + 1 for every kernel size (the
 // attention reads K/2 columns beyond a strip, the k/v convolutions one more).
