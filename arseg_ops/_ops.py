@@ -79,13 +79,11 @@ def _mv_warp_backward_mv_fake(grad_output, feature, mv, scale_x, scale_y, mode, 
 
 
 def _local_attn_layout(query):
-    """Memory format of local_attn's outputs (and its backward's), as the kernels produce them.
-
-    CUDA (csrc/cuda/local_attn_cuda.cpp): channels_last exactly when `query` is channels_last and not also
-    NCHW-contiguous (C == 1 or H == W == 1 tensors are both). CPU: always NCHW-contiguous.
+    """Memory format of local_attn's outputs (and its backward's), as the kernels produce them: channels_last
+    exactly when `query` is channels_last and not also NCHW-contiguous (C == 1 or H == W == 1 tensors are both),
+    on CPU (csrc/cpu/local_attn_cpu.cpp) and CUDA (csrc/cuda/local_attn_cuda.cpp); NCHW-contiguous otherwise.
     """
-    if query.device.type == "cuda" and query.is_contiguous(memory_format=torch.channels_last) \
-            and not query.is_contiguous():
+    if creff_channels_last(query):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -248,3 +248,36 @@ def test_more_than_2_31_elements(device):
     out = arseg_ops.mv_warp(feature, mv)
     assert feature.numel() > 2**31
     assert out[1, 0, -1, -2].item() == 2.0 and out[1, 0, -1, -1].item() == 0.0
+
+
+ISAS = ["baseline", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_instruction_set_and_layout(monkeypatch, poison, isa, layout, dtype):
+    """The CPU kernels are compiled per instruction set (ARSEG_CPU_ISA caps the one that runs): 4-pixel blocks
+    (the AVX-512 build's four-run vectors in float32), motion pointing outside at the top, border padding and
+    nearest; values and both gradients, channels_last kept without copies."""
+    monkeypatch.setenv("ARSEG_CPU_ISA", isa)
+    feature, mv = _inputs((2, 5, 24, 36, 6, 9), "cpu", dtype, motion=4.0)
+    mv[:, 1, 0] -= 3.0
+    if layout == "channels_last":
+        feature = feature.to(memory_format=torch.channels_last)
+    for mode, padding_mode in (("bilinear", "zeros"), ("bilinear", "border"), ("nearest", "zeros")):
+        kw = dict(scale=(1.25, 0.75), mode=mode, padding_mode=padding_mode)
+        grad = torch.randn_like(feature)
+        f, m = feature.clone().requires_grad_(), mv.clone().requires_grad_()
+        out = arseg_ops.mv_warp(f, m, **kw)
+        out.backward(grad)
+        keeps = layout == "channels_last"
+        assert out.is_contiguous(memory_format=torch.channels_last if keeps else torch.contiguous_format)
+        assert f.grad.is_contiguous(memory_format=torch.channels_last if keeps else torch.contiguous_format)
+        rf, rm = feature.contiguous().clone().requires_grad_(), mv.clone().requires_grad_()
+        expected = reference.mv_warp(rf, rm, **kw)
+        expected.backward(grad)
+        tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else {}
+        torch.testing.assert_close(out, expected, **tol)
+        torch.testing.assert_close(f.grad, rf.grad, **tol)
+        torch.testing.assert_close(m.grad, rm.grad if rm.grad is not None else torch.zeros_like(mv), **tol)
