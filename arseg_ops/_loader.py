@@ -34,7 +34,8 @@ def check_torch_version(built, installed):
 
 
 def build_info():
-    """What the installed extension was compiled with: backends, CUDA archs, torch and CUDA versions."""
+    """What the installed extension was compiled with: backends, CUDA archs, torch and CUDA versions; and the CPU
+    instruction set its per-instruction-set kernels run with here (cpu_isa)."""
     module = load_library()
     with_cuda = bool(module.with_cuda)
     archs = [a for a in module.cuda_archs.replace(",", ";").split(";") if a] if with_cuda else []
@@ -48,7 +49,17 @@ def build_info():
         "cuda_available": torch.cuda.is_available(),
         "experimental_kernels": _current_experimental_kernels(module),
         "debug": bool(module.debug),
+        "cpu_isa": _cpu_isa(module),
     }
+
+
+def _cpu_isa(module):
+    """The instruction set creff, mv_warp and local_attn run with on this CPU now (ARSEG_CPU_ISA caps it), or
+    what is wrong with ARSEG_CPU_ISA."""
+    try:
+        return module._cpu_isa()
+    except RuntimeError as exc:
+        return "invalid: %s" % str(exc).splitlines()[0]
 
 
 class poison_outputs:

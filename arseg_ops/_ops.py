@@ -44,13 +44,15 @@ def local_attn(query, key, value, kernel_size=7, *, scale=1.0, padding="zeros"):
 def _mv_warp_output_is_channels_last(t):
     """Memory format of mv_warp's output (for input `t`) and of mv_warp_backward_feature's (for grad_output `t`).
 
-    The opt-in v2 CUDA kernels (experimental_kernels("mv_warp")) keep a strictly channels_last tensor's layout
-    (channels_last and not also NCHW-contiguous, as C == 1 or H == W == 1 tensors are); every other path (CPU,
-    the default CUDA kernels) returns contiguous NCHW. csrc/cuda/mv_warp_cuda.cpp follows the same rule: keep the
-    two in step. Fake kernels read the switch when torch.compile traces, so switch kernels before compiling.
+    channels_last when `t` is strictly channels_last (channels_last and not also NCHW-contiguous, as C == 1 or
+    H == W == 1 tensors are), NCHW otherwise, on CPU (csrc/cpu/mv_warp_cpu.cpp) and with the opt-in v2 CUDA
+    kernels (experimental_kernels("mv_warp"); csrc/cuda/mv_warp_cuda.cpp); the default CUDA kernels always
+    return contiguous NCHW. Keep the three in step. Fake kernels read the switch when torch.compile traces, so
+    switch kernels before compiling.
     """
-    return (t.device.type == "cuda" and t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last) and experimental_kernel("mv_warp"))
+    if not (t.dim() == 4 and creff_channels_last(t)):
+        return False
+    return t.device.type == "cpu" or (t.device.type == "cuda" and experimental_kernel("mv_warp"))
 
 
 def _new_warp_output(t):
@@ -77,13 +79,11 @@ def _mv_warp_backward_mv_fake(grad_output, feature, mv, scale_x, scale_y, mode, 
 
 
 def _local_attn_layout(query):
-    """Memory format of local_attn's outputs (and its backward's), as the kernels produce them.
-
-    CUDA (csrc/cuda/local_attn_cuda.cpp): channels_last exactly when `query` is channels_last and not also
-    NCHW-contiguous (C == 1 or H == W == 1 tensors are both). CPU: always NCHW-contiguous.
+    """Memory format of local_attn's outputs (and its backward's), as the kernels produce them: channels_last
+    exactly when `query` is channels_last and not also NCHW-contiguous (C == 1 or H == W == 1 tensors are both),
+    on CPU (csrc/cpu/local_attn_cpu.cpp) and CUDA (csrc/cuda/local_attn_cuda.cpp); NCHW-contiguous otherwise.
     """
-    if query.device.type == "cuda" and query.is_contiguous(memory_format=torch.channels_last) \
-            and not query.is_contiguous():
+    if creff_channels_last(query):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -117,7 +117,7 @@ def _mv_warp_setup_context(ctx, inputs, output):
 
 def _mv_warp_backward(ctx, grad):
     feature, mv = ctx.saved_tensors
-    if not _mv_warp_output_is_channels_last(grad):  # the v2 CUDA kernels take channels_last gradients as they are
+    if not _mv_warp_output_is_channels_last(grad):  # CPU and the v2 CUDA kernels take channels_last gradients as they are
         grad = grad.contiguous()
     grad_feature = _ops.mv_warp_backward_feature(grad, mv, *ctx.args) if ctx.needs_input_grad[0] else None
     grad_mv = _ops.mv_warp_backward_mv(grad, feature, mv, *ctx.args) if ctx.needs_input_grad[1] else None

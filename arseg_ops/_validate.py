@@ -49,7 +49,11 @@ def _number(op, name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError("%s: argument '%s' must be a real number, got %r" % (op, name, value))
     value = float(value)
-    if not math.isfinite(value):
+    # Under torch.compile(dynamic=True) a float argument, a default included, is traced as a symbolic float whose
+    # finiteness cannot be decided without specializing the graph on its value (math.isfinite does not trace).
+    # The kernels check it again when they run (TORCH_CHECK naming the argument), so a traced call still fails
+    # clearly on inf or NaN, with a RuntimeError instead of this ValueError.
+    if not torch.compiler.is_compiling() and not math.isfinite(value):
         raise ValueError("%s: argument '%s' must be finite, got %r" % (op, name, value))
     return value
 

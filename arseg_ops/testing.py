@@ -13,8 +13,9 @@ import torch
 from ._cuda_emu import CudaEmulationError
 from ._loader import build_info, experimental_kernels, poison_outputs
 
-__all__ = ["poison_outputs", "experimental_kernels", "cuda_available", "cuda_emulated", "CudaEmulationError", "TOLERANCES", "tolerance", "assert_close",
-           "max_abs_error", "assert_low_precision_close", "assert_compiled_matches_eager"]
+__all__ = ["poison_outputs", "experimental_kernels", "cuda_available", "cuda_emulated", "CudaEmulationError",
+           "TOLERANCES", "tolerance", "assert_close", "max_abs_error", "assert_low_precision_close",
+           "assert_compiled_matches_eager", "assert_compiled_dynamic_matches_eager"]
 
 # Kernel vs reference, same dtype, O(1) random inputs. float32 sums of a few hundred products (C*k*k terms)
 # differ from the reference's order of summation by a few ulps of the largest partial sum.
@@ -79,11 +80,7 @@ def assert_low_precision_close(ours, theirs, truth, what):
     assert err_ours <= 2 * err_theirs + floor, f"{what}: error {err_ours:.3g} vs PyTorch {err_theirs:.3g}"
 
 
-def assert_compiled_matches_eager(fn, inputs):
-    """torch.compile(fn, fullgraph=True) gives fn's value and the same gradients for every input (fn returns a
-    scalar; each call gets fresh leaf copies of `inputs`)."""
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True)
+def _assert_same_value_and_gradients(compiled, fn, inputs):
     a = [t.detach().clone().requires_grad_() for t in inputs]
     b = [t.detach().clone().requires_grad_() for t in inputs]
     out_compiled, out_eager = compiled(*a), fn(*b)
@@ -92,3 +89,27 @@ def assert_compiled_matches_eager(fn, inputs):
     out_eager.backward()
     for x, y in zip(a, b):
         torch.testing.assert_close(x.grad, y.grad)
+
+
+def assert_compiled_matches_eager(fn, inputs):
+    """torch.compile(fn, fullgraph=True) gives fn's value and the same gradients for every input (fn returns a
+    scalar; each call gets fresh leaf copies of `inputs`)."""
+    torch._dynamo.reset()
+    _assert_same_value_and_gradients(torch.compile(fn, fullgraph=True), fn, inputs)
+
+
+def assert_compiled_dynamic_matches_eager(fn, input_sets):
+    """torch.compile(fn, fullgraph=True, dynamic=True) on input lists whose shapes change from one call to the next:
+    the value and the gradients of every call match eager, and Dynamo traced fn once (one graph with symbolic
+    shapes and symbolic float arguments served every call: nothing was compiled after the first call)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=counter)
+    first, *rest = input_sets
+    _assert_same_value_and_gradients(compiled, fn, first)
+    traced = counter.frame_count  # (Dynamo may hand the backend an empty graph besides fn's)
+    for inputs in rest:
+        _assert_same_value_and_gradients(compiled, fn, inputs)
+    assert counter.frame_count == traced, "torch.compile(dynamic=True) recompiled for new shapes"

@@ -5,6 +5,7 @@
 
 #include <torch/library.h>
 
+#include "cpu/cpu_isa.h"
 #include "op_common.h"
 
 TORCH_LIBRARY(arseg_ops, m) {
@@ -72,7 +73,20 @@ static PyObject* set_experimental_kernels_py(PyObject*, PyObject* arg) {
   return PyUnicode_FromString(was.c_str());
 }
 
+// The instruction set the CPU kernels compiled per instruction set (creff, mv_warp, local_attn) run with now.
+static PyObject* cpu_isa_py(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(arseg::cpu::isa_name(arseg::cpu::choose_isa()));
+  } catch (const std::exception& e) {  // a bad ARSEG_CPU_ISA
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 static PyMethodDef arseg_methods[] = {
+    {"_cpu_isa", cpu_isa_py, METH_NOARGS,
+     "The CPU instruction set (baseline, avx2, avx512) the creff, mv_warp and local_attn CPU kernels run with: the "
+     "best this CPU has, capped by the environment variable ARSEG_CPU_ISA (read per call)."},
     {"_set_poison_outputs", set_poison_outputs_py, METH_O,
      "Tests only: fill every new operator output with NaN before the kernel writes it. Returns the old setting."},
     {"_set_experimental_kernels", set_experimental_kernels_py, METH_O,

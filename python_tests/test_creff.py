@@ -213,6 +213,19 @@ def test_torch_compile_fullgraph():
     testing.assert_compiled_matches_eager(step, _inputs((1, 4, 7, 9, 4, 5, 2, 3, 3)))
 
 
+def test_torch_compile_dynamic_shapes():
+    """Default arguments (kernel_size, scale and mv_scale: symbolic under dynamic=True) and changing shapes."""
+    def step(key, mv, lr, weight, bias):
+        return (arseg_ops.creff(key, mv, lr, weight, bias) * 2).square().sum()
+
+    # Sizes of the first call all differ (and are > 1; N = 2 is mv's channel count, so N stays 2): Dynamo gives
+    # equal sizes one symbol and specializes 0 and 1. C stays 5: the backward's depthwise convolutions
+    # (groups=C, an int to aten) specialize it.
+    cases = [(2, 5, 12, 14, 6, 8, 4, 9, 7), (2, 5, 10, 17, 5, 9, 3, 6, 7), (2, 5, 13, 11, 7, 6, 6, 4, 7)]
+    # float64: the weight gradients sum over the image, beyond float32 assert_close tolerances.
+    testing.assert_compiled_dynamic_matches_eager(step, [_inputs(c, torch.float64) for c in cases])
+
+
 def _bad(**changes):
     key, mv, lr, weight, bias = _inputs((2, 4, 8, 10, 4, 5, 2, 3, 3))
     args = dict(key_feature=key, mv=mv, lr_feature=lr, weight=weight, bias=bias)

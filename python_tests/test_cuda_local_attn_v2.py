@@ -127,12 +127,12 @@ def test_local_attn_channels_last_opcheck_and_compile(K, attn_kernels):
 # ---- CPU: the layout contract without a GPU ----
 
 
-def test_local_attn_cpu_channels_last_gives_nchw_and_matches_fake():
-    """On CPU the kernels return NCHW for any input layout (the fake kernel must say the same)."""
+def test_local_attn_cpu_channels_last_stays_channels_last_and_matches_fake():
+    """On CPU a channels_last query gives channels_last outputs, as on CUDA (the fake kernel must say the same)."""
     q, k, v = (t.contiguous(memory_format=CL) for t in (torch.randn(1, 6, 5, 7), torch.randn(1, 6, 5, 7),
                                                          torch.randn(1, 3, 5, 7)))
     out = arseg_ops.local_attn(q, k, v, 3)
-    assert out.is_contiguous()
+    assert out.is_contiguous(memory_format=CL) and not out.is_contiguous()
     torch.testing.assert_close(out, reference.local_attn(q, k, v, 3))
     torch.library.opcheck(torch.ops.arseg_ops.local_attn.default, (q, k, v, 3, 1.0, "zeros"))
     dout = torch.randn(1, 3, 5, 7).contiguous(memory_format=CL)

@@ -163,6 +163,27 @@ def test_torch_compile_fullgraph(device):
     testing.assert_compiled_matches_eager(step, _inputs((1, 4, 3, 7, 9, 3), device, torch.float32))
 
 
+def test_torch_compile_dynamic_shapes(device):
+    """Default arguments (kernel_size=7, scale=1.0: a symbolic float under dynamic=True) and changing shapes."""
+    def step(q, k, v):
+        return (arseg_ops.local_attn(q, k, v) + v).square().sum()
+
+    # Sizes of the first call all differ (and are > 1): Dynamo gives equal sizes one symbol and specializes 0 and 1.
+    cases = [(2, 4, 5, 9, 11, 7), (2, 6, 3, 10, 8, 7), (2, 3, 4, 12, 13, 7)]
+    testing.assert_compiled_dynamic_matches_eager(step, [_inputs(c, device, torch.float32) for c in cases])
+
+
+def test_torch_compile_dynamic_non_finite_scale(device):
+    """A traced (symbolic) scale cannot be checked while tracing: the kernel's own check still names it."""
+    compiled = torch.compile(lambda q, s: arseg_ops.local_attn(q, q, q, 3, scale=s), fullgraph=True, dynamic=True)
+    torch._dynamo.reset()
+    q = torch.randn(2, 4, 6, 7, device=device)
+    testing.assert_close(compiled(q, 0.5), reference.local_attn(q, q, q, 3, scale=0.5))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(RuntimeError, match="'scale' must be finite"):
+            compiled(q, bad)
+
+
 def test_backward_memory_is_bounded(device):
     """The backward keeps O(N*H*W*k*k) scratch, never the unfolded C*k*k*H*W copies (checked on CPU by
     looking at the largest allocation the profiler sees)."""
@@ -175,3 +196,61 @@ def test_backward_memory_is_bounded(device):
     unfolded_bytes = N * C * K * K * H * W * 4
     peak = max((e.cpu_memory_usage for e in prof.key_averages()), default=0)
     assert peak < unfolded_bytes / 4, (peak, unfolded_bytes)
+
+
+# The CPU forward is compiled for three instruction sets and runs the best one the CPU has; ARSEG_CPU_ISA caps it
+# (a cap above what the CPU has runs the best available one).
+ISAS = ["baseline", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_every_instruction_set_over_strips_and_segments(monkeypatch, poison, isa, padding):
+    """float64 with enough channels and columns for two column strips and two row segments (the tasks of the CPU
+    forward: their halos of K/2 columns and rows come from the neighbours' data)."""
+    monkeypatch.setenv("ARSEG_CPU_ISA", isa)
+    q, k, v = _inputs((1, 48, 8, 84, 300, 7), "cpu", torch.float64)
+    out = arseg_ops.local_attn(q, k, v, 7, scale=0.3, padding=padding)
+    testing.assert_close(out, reference.local_attn(q, k, v, 7, scale=0.3, padding=padding))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_every_instruction_set_float32_layouts(monkeypatch, poison, isa, padding):
+    """float32 (the vector exp), channels_last (read and written without copies), views, bfloat16, and a kernel
+    size without its own specialisation (9)."""
+    monkeypatch.setenv("ARSEG_CPU_ISA", isa)
+    q, k, v = _inputs((2, 16, 5, 21, 37, 9), "cpu", torch.float32)
+    expected = reference.local_attn(q, k, v, 9, scale=0.5, padding=padding)
+    cl = [t.to(memory_format=torch.channels_last) for t in (q, k, v)]
+    out = arseg_ops.local_attn(*cl, 9, scale=0.5, padding=padding)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    testing.assert_close(out, expected)
+    views = [torch.nn.functional.pad(t, (1, 2)).narrow(3, 1, t.shape[3]) for t in (q, k, v)]
+    testing.assert_close(arseg_ops.local_attn(*views, 9, scale=0.5, padding=padding), expected)
+    low = [t.bfloat16() for t in (q, k, v)]
+    torch.testing.assert_close(arseg_ops.local_attn(*low, 9, scale=0.5, padding=padding),
+                               reference.local_attn(*[t.float() for t in low], 9, scale=0.5,
+                                                    padding=padding).bfloat16(), atol=2e-2, rtol=2e-2)
+
+
+def test_channels_last_gradients_and_fake_kernel(device):
+    """channels_last in, channels_last out, forward and backward (CPU and CUDA), and the fake kernels (what
+    torch.compile plans with) describe the same layouts."""
+    q, k, v = _inputs((2, 6, 4, 9, 10, 3), device, torch.float64)
+    cl = [t.to(memory_format=torch.channels_last).requires_grad_() for t in (q, k, v)]
+    grad = torch.randn_like(v).to(memory_format=torch.channels_last)
+    out = arseg_ops.local_attn(*cl, 3, padding="exclude")
+    out.backward(grad)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert all(t.grad.is_contiguous(memory_format=torch.channels_last) for t in cl)
+    ref = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    reference.local_attn(*ref, 3, padding="exclude").backward(grad)
+    for got, expected in zip(cl, ref):
+        torch.testing.assert_close(got.grad, expected.grad)
+    ops = torch.ops.arseg_ops
+    checks = ("test_faketensor", "test_aot_dispatch_dynamic")  # fake vs real: sizes and strides
+    torch.library.opcheck(ops.local_attn.default, (*[t.detach().requires_grad_() for t in cl], 3, 0.5, "zeros"),
+                          test_utils=checks)
+    torch.library.opcheck(ops.local_attn_backward.default, (grad, *[t.detach() for t in cl], 3, 0.5, "zeros"),
+                          test_utils=checks)

@@ -204,13 +204,13 @@ def test_opcheck(device):
 
 def test_output_memory_format_matches_fake_kernel(device, warp_kernels):
     """channels_last input: the real kernels and the fake kernel (what torch.compile plans with) agree on the
-    output's memory format, per device and kernel switch. Only the opt-in v2 CUDA kernels keep channels_last."""
+    output's memory format, per device and kernel switch. CPU and the opt-in v2 CUDA kernels keep channels_last."""
     feature, mv = _inputs((2, 6, 10, 12, 5, 6), device, torch.float32)
     f_cl = feature.to(memory_format=torch.channels_last)
     ops = torch.ops.arseg_ops
     args = (1.0, 0.5, "bilinear", "zeros")
     out = arseg_ops.mv_warp(f_cl, mv, scale=(1.0, 0.5))
-    keeps = device == "cuda" and warp_kernels == "experimental"
+    keeps = device == "cpu" or warp_kernels == "experimental"
     assert out.is_contiguous(memory_format=torch.channels_last if keeps else torch.contiguous_format)
     torch.testing.assert_close(out, reference.mv_warp(feature, mv, scale=(1.0, 0.5)))
     grad = torch.randn_like(feature).to(memory_format=torch.channels_last)
@@ -218,6 +218,16 @@ def test_output_memory_format_matches_fake_kernel(device, warp_kernels):
     torch.library.opcheck(ops.mv_warp.default, (f_cl.clone().requires_grad_(), mv.clone().requires_grad_()) + args,
                           test_utils=checks)
     torch.library.opcheck(ops.mv_warp_backward_feature.default, (grad, mv) + args, test_utils=checks)
+
+
+def test_torch_compile_dynamic_shapes(device):
+    """Default arguments (scale=1.0 is traced as a symbolic float under dynamic=True) and shapes that change."""
+    def step(f, m):
+        return (arseg_ops.mv_warp(f, m) * 2).square().sum()
+
+    # Sizes of the first call all differ (and are > 1): Dynamo gives equal sizes one symbol and specializes 0 and 1.
+    shapes = [(2, 4, 9, 13, 5, 6), (2, 3, 11, 8, 4, 3), (2, 5, 12, 10, 6, 5)]
+    testing.assert_compiled_dynamic_matches_eager(step, [_inputs(s, device, torch.float32) for s in shapes])
 
 
 def test_torch_compile_fullgraph(device):
@@ -238,3 +248,36 @@ def test_more_than_2_31_elements(device):
     out = arseg_ops.mv_warp(feature, mv)
     assert feature.numel() > 2**31
     assert out[1, 0, -1, -2].item() == 2.0 and out[1, 0, -1, -1].item() == 0.0
+
+
+ISAS = ["baseline", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_instruction_set_and_layout(monkeypatch, poison, isa, layout, dtype):
+    """The CPU kernels are compiled per instruction set (ARSEG_CPU_ISA caps the one that runs): 4-pixel blocks
+    (the AVX-512 build's four-run vectors in float32), motion pointing outside at the top, border padding and
+    nearest; values and both gradients, channels_last kept without copies."""
+    monkeypatch.setenv("ARSEG_CPU_ISA", isa)
+    feature, mv = _inputs((2, 5, 24, 36, 6, 9), "cpu", dtype, motion=4.0)
+    mv[:, 1, 0] -= 3.0
+    if layout == "channels_last":
+        feature = feature.to(memory_format=torch.channels_last)
+    for mode, padding_mode in (("bilinear", "zeros"), ("bilinear", "border"), ("nearest", "zeros")):
+        kw = dict(scale=(1.25, 0.75), mode=mode, padding_mode=padding_mode)
+        grad = torch.randn_like(feature)
+        f, m = feature.clone().requires_grad_(), mv.clone().requires_grad_()
+        out = arseg_ops.mv_warp(f, m, **kw)
+        out.backward(grad)
+        keeps = layout == "channels_last"
+        assert out.is_contiguous(memory_format=torch.channels_last if keeps else torch.contiguous_format)
+        assert f.grad.is_contiguous(memory_format=torch.channels_last if keeps else torch.contiguous_format)
+        rf, rm = feature.contiguous().clone().requires_grad_(), mv.clone().requires_grad_()
+        expected = reference.mv_warp(rf, rm, **kw)
+        expected.backward(grad)
+        tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else {}
+        torch.testing.assert_close(out, expected, **tol)
+        torch.testing.assert_close(f.grad, rf.grad, **tol)
+        torch.testing.assert_close(m.grad, rm.grad if rm.grad is not None else torch.zeros_like(mv), **tol)

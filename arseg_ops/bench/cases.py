@@ -70,6 +70,20 @@ class Case:
         return "%dx%dx%d" % ((self.channels,) + self.size)
 
 
+# The image sizes of the paper's datasets (AR-Seg Table 5 times PSPNet-18 at both): `arseg bench --image-size`
+# takes these names besides HxW.
+PAPER_IMAGE_SIZES = {"camvid": (720, 960), "cityscapes": (1024, 2048)}
+
+
+def parse_image_sizes(text):
+    """'720x960,cityscapes' -> [(720, 960), (1024, 2048)]: comma-separated HxW sizes or PAPER_IMAGE_SIZES names."""
+    sizes = []
+    for part in str(text).split(","):
+        name = part.strip().lower()
+        sizes.append(PAPER_IMAGE_SIZES[name] if name in PAPER_IMAGE_SIZES else parse_size(name))
+    return sizes
+
+
 def parse_size(text):
     """'720x960' -> (720, 960)."""
     try:

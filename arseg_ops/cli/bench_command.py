@@ -1,5 +1,6 @@
 """`arseg bench`: fused kernels vs their baselines on the CReFF workload, and AR-Seg keyframe vs non-keyframe
 steps, timed side by side (the main job)."""
+import argparse
 import json
 import sys
 import time
@@ -134,11 +135,12 @@ def _measure(args, device, size, image_size, progress):
                                   args.dtype, device, compile=args.compile)
                 results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress)))
         if "arseg_step" in args.ops:
-            for backbone in args.backbones:  # inference: forward only, whatever --passes says
-                case = bench.Case("arseg_step", "keyframe", "forward", image_size, 3, args.kernel_size,
-                                  dtype=args.dtype, device=device, backbone=backbone, compile=args.compile)
-                step_results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress,
-                                                        bench.ARSEG_STEPS)))
+            for image in image_size:  # a list of image sizes
+                for backbone in args.backbones:  # inference: forward only, whatever --passes says
+                    case = bench.Case("arseg_step", "keyframe", "forward", image, 3, args.kernel_size,
+                                      dtype=args.dtype, device=device, backbone=backbone, compile=args.compile)
+                    step_results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress,
+                                                            bench.ARSEG_STEPS)))
         if args.peers:  # already compiled peers; --compile does not apply
             for pass_ in args.passes:
                 case = bench.Case("local_attn", "fused", pass_, size, args.channels, args.kernel_size,
@@ -181,14 +183,14 @@ def _print_header(args, device, where, size, image_size):
     if any(op in KERNEL_OPS for op in args.ops):
         shapes.append("feature %dx%dx%d%s" % (args.channels, size[0], size[1], scaled))
     if "arseg_step" in args.ops:
-        shapes.append("image %dx%d" % image_size)
+        shapes.append("image %s" % ", ".join("%dx%d" % s for s in image_size))
     mode = "torch.compile (fullgraph, static shapes)" if args.compile else "eager"
     print("device %s (%s), %s, %s, %s" % (device, where, args.dtype, mode, ", ".join(shapes)))
 
 
 def _write_json(path, args, device, where, size, image_size, results, step_results, peer_results):
     record = {"device": device, "device_name": where, "dtype": args.dtype, "size": list(size),
-              "image_size": list(image_size), "compile": args.compile, "gop": args.gop,
+              "image_size": list(image_size[0]), "image_sizes": [list(s) for s in image_size], "compile": args.compile, "gop": args.gop,
               "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "cases": [dict(case.replace(impl=impl).to_dict(), **r,
                              min_traffic_bytes=bench.min_traffic_bytes(case.replace(impl=impl)))
@@ -203,7 +205,7 @@ def run(args, parser):
     device = common.resolve_device(args.device, parser)
     cuda = device == "cuda"
     size = args.size or ((720, 960) if cuda else (180, 240))
-    image_size = args.image_size or size
+    image_size = args.image_size or [size]
     torch.manual_seed(0)
     where = torch.cuda.get_device_name() if cuda else "CPU, %d threads" % torch.get_num_threads()
     _print_header(args, device, where, size, image_size)
@@ -239,6 +241,13 @@ def run(args, parser):
     return 0
 
 
+def _image_sizes(text):
+    try:
+        return bench.parse_image_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(sub):
     p = sub.add_parser("bench", parents=[common.device_options(), common.quiet_options("progress lines"),
                                          common.gop_options()],
@@ -260,8 +269,10 @@ def register(sub):
     p.add_argument("--dtype", choices=tuple(bench.DTYPES), default="float32", help="element type of every input")
     p.add_argument("--size", type=common.size,
                    help="feature map HxW of local_attn, mv_warp and creff (default 720x960 on CUDA, 180x240 on CPU)")
-    p.add_argument("--image-size", type=common.size,
-                   help="image HxW of arseg_step (default: --size; PSPNet-18's CReFF feature is the image size)")
+    p.add_argument("--image-size", type=_image_sizes,
+                   help="image HxW of arseg_step, or several comma-separated, each HxW or a dataset of the paper "
+                        "(%s; e.g. camvid,cityscapes) (default: --size; PSPNet-18's CReFF feature is the image size)"
+                        % ", ".join("%s = %dx%d" % ((k,) + v) for k, v in bench.PAPER_IMAGE_SIZES.items()))
     p.add_argument("--channels", type=common.positive_int, default=64, help="feature channels C (default 64)")
     p.add_argument("--kernel-size", type=common.kernel_size, default=7,
                    help="local_attn window, odd (default 7; also CReFF's window in creff and arseg_step)")

@@ -33,96 +33,28 @@
 #include "../op_common.h"
 #include "../static_switch.h"
 #include "cpu_fp.h"
+#include "cpu_isa.h"
 #include "creff_plan.h"
 
 namespace arseg {
 namespace cpu_creff {
 
-namespace baseline {
-constexpr int kVecBytes = 32;
-#include "creff_stream.inc"
-}  // namespace baseline
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define ARSEG_X86_CLONES 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
-namespace avx2 {
-constexpr int kVecBytes = 32;
-#include "creff_stream.inc"
-}  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
-#endif
-namespace avx512 {
-constexpr int kVecBytes = 64;
-#define ARSEG_CREFF_RUN_QUADS 1
-#include "creff_stream.inc"
-#undef ARSEG_CREFF_RUN_QUADS
-}  // namespace avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
+#define ARSEG_ISA_BODY "creff_stream.inc"
+#include "isa_clones.inc"  // namespaces baseline, avx2, avx512: the row pipeline per instruction set
+#undef ARSEG_ISA_BODY
 
 namespace {
 
-enum class Isa { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+using cpu::choose_isa;
+using cpu::Isa;
 
-// The best instruction set this CPU has, capped by ARSEG_CPU_ISA (read per call: tests switch it).
-Isa choose_isa() {
-  Isa best = Isa::Baseline;
-#ifdef ARSEG_X86_CLONES
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
-  if (best == Isa::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq"))
-    best = Isa::Avx512;
-#endif
-  const char* cap = std::getenv("ARSEG_CPU_ISA");
-  if (cap != nullptr && *cap != '\0') {
-    const std::string s(cap);
-    TORCH_CHECK(s == "baseline" || s == "avx2" || s == "avx512",
-                "ARSEG_CPU_ISA must be baseline, avx2 or avx512, got '", s, "'");
-    const Isa want = s == "baseline" ? Isa::Baseline : (s == "avx2" ? Isa::Avx2 : Isa::Avx512);
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
-  }
-  return best;
-}
-
-Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+using cpu::strides_of;
 
 template <int KS, typename scalar_t, typename acc_t>
 void creff_kernel(const CreffData<scalar_t, acc_t>& d) {
-  using RunTasks = void (*)(const CreffData<scalar_t, acc_t>&, const StripPlan&, int64_t, int64_t);
-  RunTasks run = &baseline::run_tasks<KS, scalar_t, acc_t>;
-  int64_t vec_bytes = baseline::kVecBytes;
-#ifdef ARSEG_X86_CLONES
-  switch (choose_isa()) {
-    case Isa::Avx512:
-      run = &avx512::run_tasks<KS, scalar_t, acc_t>;
-      vec_bytes = avx512::kVecBytes;
-      break;
-    case Isa::Avx2:
-      run = &avx2::run_tasks<KS, scalar_t, acc_t>;
-      vec_bytes = avx2::kVecBytes;
-      break;
-    case Isa::Baseline:
-      break;
-  }
-#else
-  choose_isa();  // still validates ARSEG_CPU_ISA
-#endif
+  const Isa isa = choose_isa();
+  const auto run = ARSEG_ISA_PICK(isa, run_tasks<KS, scalar_t, acc_t>);
+  const int64_t vec_bytes = cpu::vec_bytes(isa);
   const CreffParams& p = d.p;
   const StripPlan plan = plan_strips(p, vec_bytes / static_cast<int64_t>(sizeof(acc_t)), sizeof(acc_t),
                                      at::get_num_threads());

@@ -7,15 +7,12 @@
 
 #include "../creff_math.h"
 #include "../local_attn_math.h"  // kMaxKernelSize
+#include "cpu_layout.h"          // Strides4, ARSEG_ALWAYS_INLINE
 
 namespace arseg {
 namespace cpu_creff {
 
-#define ARSEG_ALWAYS_INLINE inline __attribute__((always_inline))
-
-struct Strides4 {
-  int64_t n, c, h, w;
-};
+using cpu::Strides4;
 
 // Halo columns kept on each side of a strip in every ring buffer: >= K/2 + 1 for every kernel size (the
 // attention reads K/2 columns beyond a strip, the k/v convolutions one more).
@@ -48,20 +45,28 @@ inline int64_t ring_bytes_per_column(int64_t C, int kernel_size, int64_t acc_byt
   return std::max<int64_t>(C, 1) * (3 + 2 * kernel_size + 3 + 1) * acc_bytes;
 }
 
-// `lanes`: the vector width in elements (strips are a multiple of it); `threads`: how many tasks to aim for.
-inline StripPlan plan_strips(const CreffParams& p, int64_t lanes, int64_t acc_bytes, int64_t threads) {
+// How to cut an N x H x W output streamed with ring buffers of `per_col` bytes per strip column (creff,
+// local_attn): `lanes`, the vector width in elements (strips are a multiple of it); `threads`, how many tasks to
+// aim for.
+inline StripPlan plan_ring_strips(int64_t N, int64_t H, int64_t W, int kernel_size, int64_t per_col, int64_t lanes,
+                                  int64_t threads) {
   constexpr int64_t kBudget = int64_t(1) << 20;  // ~half the L2 of current x86 cores
-  const int64_t per_col = ring_bytes_per_column(p.C, p.kernel_size, acc_bytes);
-  const int64_t w_round = (p.W + lanes - 1) / lanes * lanes;
-  const int64_t max_cols = std::min(std::max(kBudget / per_col / lanes * lanes, 2 * lanes), w_round);
-  const int64_t strips = (p.W + max_cols - 1) / max_cols;
-  const int64_t cols = ((p.W + strips - 1) / strips + lanes - 1) / lanes * lanes;
+  const int64_t w_round = (W + lanes - 1) / lanes * lanes;
+  const int64_t max_cols = std::min(std::max(kBudget / std::max<int64_t>(per_col, 1) / lanes * lanes, 2 * lanes),
+                                    w_round);
+  const int64_t strips = (W + max_cols - 1) / max_cols;
+  const int64_t cols = ((W + strips - 1) / strips + lanes - 1) / lanes * lanes;
   // Each segment recomputes K/2 + 2 rows above it: keep segments >= 8x that, and aim for 4 tasks per thread.
-  const int64_t min_rows = 8 * (p.kernel_size / 2 + 2);
-  const int64_t wanted = (4 * threads + p.N * strips - 1) / (p.N * strips);
-  const int64_t segments = std::max<int64_t>(1, std::min(wanted, p.H / min_rows));
-  const int64_t rows = (p.H + segments - 1) / segments;
-  return {cols, strips, rows, (p.H + rows - 1) / rows};
+  const int64_t min_rows = 8 * (kernel_size / 2 + 2);
+  const int64_t wanted = (4 * threads + N * strips - 1) / (N * strips);
+  const int64_t segments = std::max<int64_t>(1, std::min(wanted, H / min_rows));
+  const int64_t rows = (H + segments - 1) / segments;
+  return {cols, strips, rows, (H + rows - 1) / rows};
+}
+
+inline StripPlan plan_strips(const CreffParams& p, int64_t lanes, int64_t acc_bytes, int64_t threads) {
+  return plan_ring_strips(p.N, p.H, p.W, p.kernel_size, ring_bytes_per_column(p.C, p.kernel_size, acc_bytes), lanes,
+                          threads);
 }
 
 }  // namespace cpu_creff
