@@ -200,3 +200,15 @@ def test_run_ends_with_a_labelled_total_time(capsys):
     assert cli.main(["bench"] + TINY + ["--ops", "mv_warp", "--passes", "forward", "-q"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith("total time of this run: ") and "forward_backward" not in out
+
+
+def test_channels_last_run_times_every_kernel_op_in_that_layout(tmp_path, capsys):
+    path = tmp_path / "cl.json"
+    code, out = _run(["bench"] + TINY + ["--ops", "local_attn,mv_warp,creff", "--passes", "forward",
+                                         "--channels-last", "--json", str(path), "-q"], capsys)
+    assert code == 0 and "feature 8x16x24 channels_last" in out
+    record = json.loads(path.read_text())
+    assert record["channels_last"] is True
+    assert {c["op"] for c in record["cases"]} == {"local_attn", "mv_warp", "creff"}
+    for c in record["cases"]:
+        assert c["channels_last"] is True and c["median_s"] > 0 and "skipped" not in c

@@ -38,3 +38,29 @@ def test_roofline_traffic_comes_from_the_op_metadata():
     case = bench.Case("local_attn", "fused", "forward", (10, 20), 8)
     assert bench.min_traffic_bytes(case) == _opinfo.local_attn_traffic((1, 8, 10, 20), 8, 4, "forward")
     assert bench.min_traffic_bytes(case) == 1 * 10 * 20 * 4 * 8 * 4  # q, k, v read, out written, float32
+
+
+@pytest.mark.parametrize("op", ["local_attn", "mv_warp", "creff"])
+def test_channels_last_cases_feed_channels_last_features_and_match_nchw(op):
+    import torch
+    case = bench.Case(op, "fused", "forward_backward", (10, 14), 6)
+    results = {}
+    for channels_last in (False, True):
+        c = case.replace(channels_last=channels_last)
+        assert c.to_dict()["channels_last"] is channels_last
+        torch.manual_seed(0)  # creff's module initialises its weights from the global generator
+        out = bench.build(c.replace(pass_="forward"))()  # each op's output follows its feature's layout
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert out.is_contiguous() != channels_last
+        torch.manual_seed(0)
+        results[channels_last] = (out,) + tuple(bench.build(c)())
+    for a, b in zip(results[False], results[True]):  # same seed, same values, whatever the layout
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_does_not_apply_to_flex_or_network_steps():
+    with pytest.raises(ValueError, match="channels_last"):
+        bench.build(bench.Case("arseg_step", "keyframe", "forward", (16, 16), 3, channels_last=True))
+    if bench.peers.flex_available():
+        with pytest.raises(ValueError, match="channels_last"):
+            bench.build(bench.Case("local_attn", "flex", "forward", (8, 8), 4, channels_last=True))

@@ -38,6 +38,7 @@ class Case:
     batch: int = 1
     backbone: str = "psp18"  # arseg_step only
     compile: bool = False  # run the measured function under torch.compile (see _maybe_compile)
+    channels_last: bool = False  # feature maps (and their output gradients) in channels_last memory format
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -67,7 +68,7 @@ class Case:
 
     @property
     def shape_label(self):
-        return "%dx%dx%d" % ((self.channels,) + self.size)
+        return "%dx%dx%d" % ((self.channels,) + self.size) + (" NHWC" if self.channels_last else "")
 
 
 # The image sizes of the paper's datasets (AR-Seg Table 5 times PSPNet-18 at both): `arseg bench --image-size`
@@ -110,6 +111,14 @@ def _randn(case, gen, shape, std=1.0, requires_grad=False):
     return t.requires_grad_(requires_grad)
 
 
+def _feature(case, gen, shape, std=1.0, requires_grad=False):
+    """A random (N, C, H, W) feature map in the case's memory format (motion grids stay NCHW: they are tiny)."""
+    t = _randn(case, gen, shape, std)
+    if case.channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_(requires_grad)
+
+
 def _maybe_compile(case, fn):
     """fn, or with case.compile torch.compile(fn) as one graph (fullgraph: a graph break is an error, not a
     silent fallback to eager pieces) for these exact shapes (dynamic=False: the kernel that is timed is the one
@@ -125,7 +134,7 @@ def _forward_or_backward(case, fn, inputs, grad_inputs, out_shape, gen):
             with torch.no_grad():
                 return fn(*inputs)
         return run
-    grad_out = _randn(case, gen, out_shape)
+    grad_out = _feature(case, gen, out_shape)
     if case.pass_ == "backward":
         out = fn(*inputs)
         return lambda: torch.autograd.grad(out, grad_inputs, grad_out, retain_graph=True)
@@ -151,10 +160,12 @@ def _build_local_attn(case, gen):
     grad = case.pass_ != "forward"
     shape = (case.batch, case.channels) + case.size
     # std C**-0.25 keeps the logits ~N(0, 1), as in a trained network (no denormal-heavy softmax tails).
-    q, k, v = (_randn(case, gen, shape, case.channels ** -0.25, grad) for _ in range(3))
+    q, k, v = (_feature(case, gen, shape, case.channels ** -0.25, grad) for _ in range(3))
     if case.impl in LOCAL_ATTN_PEERS:
         if case.compile:
             raise ValueError("compile=True does not apply to the local_attn peers (they are compiled already)")
+        if case.channels_last and case.impl != "compiled_reference":
+            raise ValueError("channels_last does not apply to FlexAttention (it has its own (B, 1, H*W, C) layout)")
         return _build_local_attn_peer(case, gen, q, k, v)
     fn = fns[case.impl]
     return _forward_or_backward(case, lambda q, k, v: fn(q, k, v, case.kernel_size), (q, k, v), (q, k, v), v.shape, gen)
@@ -215,7 +226,7 @@ def _build_mv_warp(case, gen):
     if case.impl == "copy" and case.pass_ != "forward":
         raise ValueError("the copy baseline has no backward")
     # Codec motion carries no gradient: forward_backward differentiates the (HR) feature only.
-    feature = _randn(case, gen, (case.batch, case.channels) + case.size, requires_grad=case.pass_ != "forward")
+    feature = _feature(case, gen, (case.batch, case.channels) + case.size, requires_grad=case.pass_ != "forward")
     mv = _block_motion(case, gen)
     return _forward_or_backward(case, fns[case.impl], (feature, mv), (feature,), feature.shape, gen)
 
@@ -233,8 +244,8 @@ def _build_creff(case, gen):
     module = module.to(case.device, DTYPES[case.dtype])
     grad = case.pass_ != "forward"
     h, w = case.size
-    key = _randn(case, gen, (case.batch, case.channels, h, w), requires_grad=grad)
-    lr = _randn(case, gen, (case.batch, case.channels, max(h // 2, 1), max(w // 2, 1)), requires_grad=grad)
+    key = _feature(case, gen, (case.batch, case.channels, h, w), requires_grad=grad)
+    lr = _feature(case, gen, (case.batch, case.channels, max(h // 2, 1), max(w // 2, 1)), requires_grad=grad)
     mv = _block_motion(case, gen)
     params = tuple(p for p in module.parameters() if p.requires_grad)
     forward = lambda key, lr: module(key, lr, mv)  # noqa: E731
@@ -259,6 +270,8 @@ def _build_arseg_step(case, gen):
         raise ValueError("arseg_step impl must be one of %s, got %r" % (ARSEG_STEPS, case.impl))
     if case.pass_ != "forward":
         raise ValueError("arseg_step is inference only (pass_='forward')")
+    if case.channels_last:
+        raise ValueError("arseg_step takes an image; channels_last applies to the kernel ops' feature maps")
     seg = models.ARSeg(backbone=case.backbone, num_classes=12, kernel_size=case.kernel_size,
                        fused=case.impl != "non_keyframe_unfused", block_size=case.block)
     seg = seg.to(case.device, DTYPES[case.dtype]).eval()

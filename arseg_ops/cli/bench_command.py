@@ -132,7 +132,7 @@ def _measure(args, device, size, image_size, progress):
         for op in (op for op in args.ops if op in KERNEL_OPS):
             for pass_ in args.passes:
                 case = bench.Case(op, "fused", pass_, size, args.channels, args.kernel_size, args.block,
-                                  args.dtype, device, compile=args.compile)
+                                  args.dtype, device, compile=args.compile, channels_last=args.channels_last)
                 results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress)))
         if "arseg_step" in args.ops:
             for image in image_size:  # a list of image sizes
@@ -144,7 +144,7 @@ def _measure(args, device, size, image_size, progress):
         if args.peers:  # already compiled peers; --compile does not apply
             for pass_ in args.passes:
                 case = bench.Case("local_attn", "fused", pass_, size, args.channels, args.kernel_size,
-                                  dtype=args.dtype, device=device)
+                                  dtype=args.dtype, device=device, channels_last=args.channels_last)
                 peer_results.append((case, measure_pair(case, probe, args.min_time, args.max_time, progress,
                                                         ("fused",) + bench.LOCAL_ATTN_PEERS)))
     return results, step_results, peer_results
@@ -181,7 +181,8 @@ def _print_header(args, device, where, size, image_size):
                                                        "--size 720x960 for the full size)")
     shapes = []
     if any(op in KERNEL_OPS for op in args.ops):
-        shapes.append("feature %dx%dx%d%s" % (args.channels, size[0], size[1], scaled))
+        shapes.append("feature %dx%dx%d%s%s" % (args.channels, size[0], size[1],
+                                               " channels_last" if args.channels_last else "", scaled))
     if "arseg_step" in args.ops:
         shapes.append("image %s" % ", ".join("%dx%d" % s for s in image_size))
     mode = "torch.compile (fullgraph, static shapes)" if args.compile else "eager"
@@ -190,7 +191,7 @@ def _print_header(args, device, where, size, image_size):
 
 def _write_json(path, args, device, where, size, image_size, results, step_results, peer_results):
     record = {"device": device, "device_name": where, "dtype": args.dtype, "size": list(size),
-              "image_size": list(image_size[0]), "image_sizes": [list(s) for s in image_size], "compile": args.compile, "gop": args.gop,
+              "image_size": list(image_size[0]), "image_sizes": [list(s) for s in image_size], "compile": args.compile, "gop": args.gop, "channels_last": args.channels_last,
               "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "cases": [dict(case.replace(impl=impl).to_dict(), **r,
                              min_traffic_bytes=bench.min_traffic_bytes(case.replace(impl=impl)))
@@ -289,6 +290,9 @@ def register(sub):
     p.add_argument("--peers", action="store_true",
                    help="also time local_attn's peers side by side with it: FlexAttention (own layout, and its "
                         "layout conversion) and torch.compile(reference); slow: each is compiled first")
+    p.add_argument("--channels-last", action="store_true",
+                   help="feature maps of local_attn, mv_warp and creff (and their output gradients) in channels_last "
+                        "memory format (default: NCHW); FlexAttention keeps its own layout and is skipped")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.set_defaults(func=run)
     return p
