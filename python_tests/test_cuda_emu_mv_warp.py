@@ -103,3 +103,6 @@ def test_launch_heuristics(sm_count, channels_last):
 def test_thread_orders(order, experimental):
     _case(torch.float32, experimental=experimental, order=order, seed=7)
     _case(torch.bfloat16, C=8, channels_last=True, experimental=experimental, order=order, seed=8)
+    # One SM: few blocks, so each pixel's channel vectors are split over several lanes and a thread reads taps
+    # that other threads wrote (the barrier between writing and reading them is tested only here).
+    _case(torch.float32, C=32, channels_last=True, experimental=experimental, order=order, seed=9, sm_count=1)
