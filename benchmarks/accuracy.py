@@ -57,6 +57,9 @@ def main():
     p.add_argument("--fst-weight", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse", action="store_true",
+                   help="with --dir: keep the data, HR and LR-only of an earlier run there (compare AR settings)")
+    p.add_argument("--tag", default="ar", help="sub-folder of --dir for this AR run")
     p.add_argument("--json", help="also write the results as JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,8 +67,9 @@ def main():
     work = args.dir or tempfile.mkdtemp(prefix="arseg-accuracy-")
     data = os.path.join(work, "data")
     manifest = os.path.join(data, "manifest.csv")
-    _run(["synthetic", data, "--sequences", args.sequences, "--val-sequences", args.val_sequences,
-          "--frames", args.frames, "--size", args.size, "--label-every", args.label_every, "--seed", args.seed])
+    if not (args.reuse and os.path.exists(manifest)):
+        _run(["synthetic", data, "--sequences", args.sequences, "--val-sequences", args.val_sequences,
+              "--frames", args.frames, "--size", args.size, "--label-every", args.label_every, "--seed", args.seed])
     common = [manifest, "--num-classes", len(synthetic.CLASSES), "--backbone", args.backbone,
               "--length", args.length]
     train = common + ["--batch-size", args.batch_size, "--lr", args.lr, "--warmup-steps", 20, "--seed", args.seed,
@@ -73,15 +77,18 @@ def main():
     times = {}
     for stage, steps in (("hr", args.hr_steps), ("lr", args.steps), ("ar", args.steps)):
         t = time.perf_counter()
+        out = os.path.join(work, args.tag if stage == "ar" else stage)
+        if stage != "ar" and args.reuse and os.path.exists(os.path.join(out, "last.pt")):
+            continue
         extra = [] if stage == "hr" else ["--hr-checkpoint", os.path.join(work, "hr", "last.pt")]
         if stage == "ar":
             extra += ["--kernel-size", args.kernel_size, "--creff-lr-mult", args.creff_lr_mult, "--creff-init",
                       args.creff_init, "--fst-weight", args.fst_weight]
-        _run(["train"] + train + ["--stage", stage, "--out", os.path.join(work, stage), "--max-steps", steps] + extra)
+        _run(["train"] + train + ["--stage", stage, "--out", out, "--max-steps", steps] + extra)
         times[stage] = time.perf_counter() - t
     t = time.perf_counter()
-    result_path = os.path.join(work, "eval.json")
-    _run(["eval"] + common + ["--checkpoint", os.path.join(work, "ar", "last.pt"),
+    result_path = os.path.join(work, args.tag + "-eval.json")
+    _run(["eval"] + common + ["--checkpoint", os.path.join(work, args.tag, "last.pt"),
                               "--lr-checkpoint", os.path.join(work, "lr", "last.pt"), "--json", result_path])
     times["eval"] = time.perf_counter() - t
     with open(result_path) as f:
