@@ -161,7 +161,8 @@ def harness_path(mode=None):
     sources = [(p, _MODE_FLAGS[mode] + ["-x", "c++"]) for p in sorted(glob.glob(os.path.join(src, "cuda", "*.cu")))]
     sources += [(os.path.join(src, "cuda_emu", "harness.cpp"), _MODE_FLAGS[mode]),
                 (os.path.join(src, "cuda_emu", "cuda_emu_mem.cpp"), _MODE_FLAGS[mode]),
-                (os.path.join(src, "cuda_emu", "cuda_emu.cpp"), _SCHEDULER_FLAGS[mode])]
+                (os.path.join(src, "cuda_emu", "cuda_emu.cpp"), _SCHEDULER_FLAGS[mode]),
+                (os.path.join(src, "cuda_emu", "cuda_emu_mma.cpp"), _SCHEDULER_FLAGS[mode])]
     out_dir = os.path.join(_cache_root(src), mode)
     os.makedirs(out_dir, exist_ok=True)
     units = [_Unit(path, [cxx] + _COMMON + _torch_macro_flags() + flags + includes, out_dir, version)
