@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ._loader import experimental_kernel
-from ._validate import check_creff, check_local_attn, check_mv_warp, creff_channels_last, warp_scale
+from ._validate import (check_creff, check_local_attn, check_mv_warp, creff_channels_last, tensor_like as _tensor_like,
+                        warp_scale)
 
 _ops = torch.ops.arseg_ops
 
@@ -159,8 +160,10 @@ def creff(key_feature, mv, lr_feature, weight, bias, *, kernel_size=7, scale=1.0
 
     weight (3, C, 1, 3, 3), bias (3, C); 1 <= h <= H, 1 <= w <= W; mv_scale a number or (sx, sy) as mv_warp's
     scale. The forward kernel never writes hr, lr, q, k or v to memory. The output is channels_last when
-    key_feature is. Differentiable in key_feature, mv, lr_feature, weight and bias: the backward recomputes
-    hr, lr, q, k, v with the unfused ops (mv_warp, upsample, depthwise conv) and runs their backward ops.
+    key_feature is. Differentiable in key_feature, mv, lr_feature, weight and bias. On CPU the backward is one
+    fused op too (creff_backward: it streams like the forward and gives every gradient but mv's); when mv's
+    gradient is asked for, on CUDA, and for second-order gradients, the backward recomputes hr, lr, q, k, v with
+    the unfused ops (mv_warp, upsample, depthwise conv) and runs their backward ops.
     """
     check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale)
     sx, sy = warp_scale(mv_scale, "creff", "mv_scale")
@@ -173,6 +176,19 @@ def _creff_fake(key_feature, mv, lr_feature, weight, bias, kernel_size=7, scale=
     check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale)
     fmt = torch.channels_last if creff_channels_last(key_feature) else torch.contiguous_format
     return key_feature.new_empty(key_feature.shape).contiguous(memory_format=fmt)
+
+
+@torch.library.register_fake("arseg_ops::creff_backward")
+def _creff_backward_fake(grad_output, key_feature, mv, lr_feature, weight, bias, kernel_size, scale, mv_scale_x,
+                         mv_scale_y):
+    check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale, op="creff_backward")
+    _tensor_like("creff_backward", "grad_output", grad_output, "key_feature", key_feature)
+
+    def like(t):  # the kernel's rule: each gradient channels_last when its input strictly is
+        fmt = torch.channels_last if creff_channels_last(t) else torch.contiguous_format
+        return t.new_empty(t.shape).contiguous(memory_format=fmt)
+
+    return like(key_feature), like(lr_feature), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
 def _creff_setup_context(ctx, inputs, output):
@@ -208,6 +224,13 @@ def _creff_backward(ctx, grad):
         grads = [torch.zeros_like(t) if need else None
                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:5])]
         return tuple(grads) + (None,) * 4
+    # The fused backward (CPU): all gradients but mv's. Not when building a graph for second-order gradients
+    # (it has no autograd of its own; the op-by-op path below is differentiable through its backward ops).
+    if key_feature.device.type == "cpu" and not need_mv and not torch.is_grad_enabled():
+        d_key, d_lr, d_w, d_b = _ops.creff_backward(grad, key_feature, mv, lr_feature, weight, bias, kernel_size,
+                                                    scale, sx, sy)
+        return (d_key if need_key else None, None, d_lr if need_lr else None, d_w if need_w else None,
+                d_b if need_b else None, None, None, None, None)
     # Recompute the intermediates the fused forward never stored, with the unfused ops.
     hr = _ops.mv_warp(key_feature, mv, sx, sy, "bilinear", "zeros")
     lr_up = F.interpolate(lr_feature, size=(H, W), mode="bilinear", align_corners=True)

@@ -148,6 +148,15 @@ def check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size=7, scale=
     _number(op, "scale", scale)
 
 
+def tensor_like(op, name, t, ref_name, ref):
+    """A gradient argument: a floating-point tensor of ref's shape, dtype and device."""
+    _tensor(op, name, t)
+    if tuple(t.shape) != tuple(ref.shape):
+        raise ValueError("%s: argument '%s' must have shape %s (of '%s'), got %s"
+                         % (op, name, tuple(ref.shape), ref_name, tuple(t.shape)))
+    _same_kind(op, name, t, ref_name, ref)
+
+
 def creff_channels_last(key_feature):
     """The layout rule of creff's output: channels_last when key_feature is channels_last (and not also
     contiguous, as for C == 1 or 1x1 images), else contiguous NCHW. The C++ kernel applies the same rule."""

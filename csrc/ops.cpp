@@ -27,11 +27,16 @@ TORCH_LIBRARY(arseg_ops, m) {
       "local_attn_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, int kernel_size, float scale, "
       "str padding) -> (Tensor, Tensor, Tensor)");
   // Fused CReFF: lr_feature resized to key_feature's size + local_attn of depthwise-3x3 q (of the resized
-  // lr_feature), k, v (of key_feature warped by mv); weight (3, C, 1, 3, 3), bias (3, C). Backward: Python,
-  // through the unfused ops.
+  // lr_feature), k, v (of key_feature warped by mv); weight (3, C, 1, 3, 3), bias (3, C).
   m.def(
       "creff(Tensor key_feature, Tensor mv, Tensor lr_feature, Tensor weight, Tensor bias, int kernel_size=7, "
       "float scale=1., float mv_scale_x=1., float mv_scale_y=1.) -> Tensor");
+  // Its fused backward (CPU): the gradients of key_feature, lr_feature, weight and bias, not of mv (codec motion
+  // is data; arseg_ops._ops uses the op-by-op backward when mv's gradient is asked for, and on CUDA).
+  m.def(
+      "creff_backward(Tensor grad_output, Tensor key_feature, Tensor mv, Tensor lr_feature, Tensor weight, "
+      "Tensor bias, int kernel_size, float scale, float mv_scale_x, float mv_scale_y) -> (Tensor, Tensor, Tensor, "
+      "Tensor)");
 }
 
 #ifndef ARSEG_TORCH_VERSION

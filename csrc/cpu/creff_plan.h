@@ -33,6 +33,24 @@ struct CreffData {
   Strides4 out_s;
 };
 
+// One call of the fused backward (creff_backward_cpu.cpp, creff_backward_stream.inc): the forward's inputs (f.out
+// unused), the output gradient, and where the streaming stage leaves its results: d_hr, the gradient of the
+// warped key feature (N, C, H, W, accumulation type, through d_hr_s); lr_tx, the gradient of the resized lr
+// feature already transposed along x (N, C, H, w, contiguous, accumulation type); dw, per task the weight and
+// bias gradients (tasks, 3, C, 10: 9 taps then the bias), summed in task order afterwards. A task is a segment of
+// `rows` rows of one image, full width.
+template <typename scalar_t, typename acc_t>
+struct CreffGradData {
+  CreffData<scalar_t, acc_t> f;
+  const scalar_t* grad;
+  Strides4 grad_s;
+  acc_t* d_hr;
+  Strides4 d_hr_s;
+  acc_t* lr_tx;
+  acc_t* dw;
+  int64_t rows, segments;
+};
+
 // The output is cut into tasks of `rows` rows x `cols` columns of one image: strips of columns narrow enough
 // for the strip's ring buffers to stay in a core's L2 cache, and row segments so that every thread gets work.
 struct StripPlan {
