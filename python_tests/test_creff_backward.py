@@ -79,7 +79,8 @@ def _threads(n):
 
 
 # Several row segments per image with enough threads (segments of >= 8 * (K/2 + 2) rows: 5, 2 and 3 here).
-SEGMENT_CASES = [(1, 5, 130, 37, 65, 19, 13, 9, 3), (2, 4, 97, 20, 50, 10, 10, 4, 7), (1, 3, 200, 23, 100, 12, 20, 5, 11)]
+SEGMENT_CASES = [(1, 5, 130, 37, 65, 19, 13, 9, 3), (2, 4, 97, 20, 50, 10, 10, 4, 7),
+                 (1, 3, 200, 23, 100, 12, 20, 5, 11)]
 
 
 @pytest.mark.parametrize("case", SEGMENT_CASES, ids=_ids)
@@ -115,11 +116,17 @@ def test_layouts_and_views(poison):
     expected = _fused(inputs, grad, 5)
     key, mv, lr, weight, bias = inputs
     cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
-    view = lambda t: torch.nn.functional.pad(t, (2, 1, 0, 0, 1, 1)).narrow(1, 1, t.shape[1]).narrow(3, 2, t.shape[3])  # noqa: E731
+
+    def view(t):  # a strided view: rows that are not whole, channels and batch offset in a larger buffer
+        padded = torch.nn.functional.pad(t, (2, 1, 0, 0, 1, 1))
+        return padded.narrow(1, 1, t.shape[1]).narrow(3, 2, t.shape[3])
+
+    w_major = lambda t: t.transpose(2, 3).contiguous().transpose(2, 3)  # noqa: E731  (x-major rows)
     variants = [(cl(key), lr, grad), (key, cl(lr), grad), (key, lr, cl(grad)), (cl(key), cl(lr), cl(grad)),
-                (view(key), view(lr), view(grad)), (cl(key), lr, grad[:, :, ::1].transpose(2, 3).contiguous().transpose(2, 3))]
+                (view(key), view(lr), view(grad)), (cl(key), w_major(lr), w_major(grad))]
     for k, l, g in variants:
-        got = _op(g, k, mv, l, weight, bias, 5, KW["scale"], SX, SY)
+        got = _op(g, k, w_major(mv), l, view(weight.squeeze(2)).unsqueeze(2), bias.t().contiguous().t(), 5,
+                  KW["scale"], SX, SY)
         assert _is_format(got[0], arseg_ops._validate.creff_channels_last(k))
         assert _is_format(got[1], arseg_ops._validate.creff_channels_last(l))
         assert got[2].is_contiguous() and got[3].is_contiguous()
@@ -188,9 +195,10 @@ def test_autograd_uses_the_fused_op_without_mv_gradient(with_mv):
             torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10)
 
 
-def _small(kernel_size, requires_grad=True):
+def _small(kernel_size):
+    """creff of tiny float64 inputs as a function of key, lr, weight and bias (mv constant)."""
     key, mv, lr, weight, bias = _inputs((1, 2, 5, 6, 3, 4, 2, 2, kernel_size), torch.float64, motion=0.7,
-                                        requires_grad=requires_grad)
+                                        requires_grad=True)
     fn = lambda k, l, w, b: arseg_ops.creff(k, mv.detach(), l, w, b, kernel_size=kernel_size, scale=0.8,  # noqa: E731
                                             mv_scale=(1.1, 0.9))
     return fn, (key, lr, weight, bias)
