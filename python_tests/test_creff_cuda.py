@@ -22,7 +22,8 @@ pytestmark = [
     pytest.mark.skipif(not HAS_CREFF, reason="arseg_ops.creff is not in this build"),
 ]
 
-# "default": composition of the verified ops; "fused": the experimental kernel (K = 9 falls back to the default).
+# "default": composition of the verified ops; "fused": the experimental kernel (odd K up to 11; float64 up to 7,
+# beyond which it falls back to the default).
 PATHS = ["default", "fused"]
 LOW = [torch.float16, torch.bfloat16]
 
@@ -63,7 +64,7 @@ def chain_at_dtype(args, kernel_size, scale, mv_scale):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("kernel_size", [1, 3, 7, 9])
+@pytest.mark.parametrize("kernel_size", [1, 3, 7, 9, 11])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_creff_cuda_matches_float64_chain(path, kernel_size, dtype):
     args = creff_inputs(dtype=dtype)
@@ -75,7 +76,7 @@ def test_creff_cuda_matches_float64_chain(path, kernel_size, dtype):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("kernel_size", [3, 7])
+@pytest.mark.parametrize("kernel_size", [3, 7, 11])
 @pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
 def test_creff_cuda_low_precision(path, kernel_size, dtype):
     args = creff_inputs(dtype=dtype)
@@ -86,7 +87,7 @@ def test_creff_cuda_low_precision(path, kernel_size, dtype):
     testing.assert_low_precision_close(out, theirs, truth(args, **kw), f"creff {path} K={kernel_size}")
 
 
-@pytest.mark.parametrize("kernel_size", [5, 7])
+@pytest.mark.parametrize("kernel_size", [5, 7, 9, 11])
 def test_creff_fused_matches_cpu_op_wide_channels(kernel_size):
     # 64 channels (16 chunks of the fused kernel), several tiles in both directions, lr at a quarter of the pixels.
     args = creff_inputs(N=1, C=64, H=21, W=70, h=11, w=35, blocks=(2, 5), motion=6.0)

@@ -13,17 +13,19 @@
 namespace arseg {
 namespace cuda {
 
-// Whether the fused kernel handles these sizes: kernel_size 1, 3, 5 or 7 (the sizes whose window of logits
-// fits in registers; other sizes run the unfused composition), and one H x W plane indexable in 32 bits.
-inline bool creff_fused_supported(const CreffParams& p) {
-  const bool small_kernel = p.kernel_size == 1 || p.kernel_size == 3 || p.kernel_size == 5 || p.kernel_size == 7;
-  return small_kernel && p.h >= 1 && p.w >= 1 && p.h <= p.H && p.w <= p.W && p.H * p.W <= INT32_MAX;
+// Whether the fused kernel handles these sizes: odd kernel_size up to 11 (up to 7 for float64, whose tile would
+// not fit the 48 KB of static shared memory beyond that; other sizes run the unfused composition), and one
+// H x W plane indexable in 32 bits. `float64`: the tensors are double.
+inline bool creff_fused_supported(const CreffParams& p, bool float64) {
+  const int K = p.kernel_size;
+  const bool sized = K >= 1 && K % 2 == 1 && K <= (float64 ? 7 : 11);
+  return sized && p.h >= 1 && p.w >= 1 && p.h <= p.H && p.w <= p.W && p.H * p.W <= INT32_MAX;
 }
 
 // out (N, C, H, W) = lr + local_attn(q, k, v) of the CReFF chain (creff_math.h): key_feature (N, C, H, W),
 // lr_feature (N, C, h, w) and out all contiguous NCHW, or all NHWC (channels_last true); mv (N, 2, Hb, Wb),
 // weight (3, C, 1, 3, 3) and bias (3, C) contiguous. Returns cudaErrorInvalidValue (launching nothing) when
-// !creff_fused_supported(p).
+// !creff_fused_supported(p, T is double).
 template <typename T>
 cudaError_t creff_forward(const CreffParams& p, bool channels_last, const T* key_feature, const T* mv,
                           const T* lr_feature, const T* weight, const T* bias, T* out, cudaStream_t stream);

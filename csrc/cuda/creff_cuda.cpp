@@ -1,7 +1,7 @@
 // Torch glue of creff on CUDA. Default: the composition of the verified CUDA ops (mv_warp and local_attn through
 // the dispatcher, ATen's align_corners upsample and grouped conv2d, an add). Opt-in
 // (arseg::experimental_kernel("creff"), i.e. ARSEG_EXPERIMENTAL_KERNELS=creff): the fused kernel of
-// creff_forward.cu, which no GPU has verified yet; it handles kernel_size 1, 3, 5, 7 in NCHW or channels_last
+// creff_forward.cu, which no GPU has verified yet; it handles odd kernel_size up to 11 (7 for float64) in NCHW or channels_last
 // (read and written in place) and falls back to the composition otherwise.
 #include <torch/library.h>
 
@@ -67,7 +67,8 @@ at::Tensor creff_cuda(const at::Tensor& key_feature, const at::Tensor& mv, const
   const auto layout = creff_output_channels_last(key_feature) ? at::MemoryFormat::ChannelsLast
                                                               : at::MemoryFormat::Contiguous;
   const auto p = make_creff_params(key_feature, mv, lr_feature, kernel_size, scale, mv_scale_x, mv_scale_y);
-  if (!cuda::creff_runs_fused(experimental_kernel("creff"), p)) {
+  const auto type = key_feature.scalar_type() == at::kDouble ? cuda::ElemType::Float64 : cuda::ElemType::Float32;
+  if (!cuda::creff_runs_fused(experimental_kernel("creff"), type, p)) {
     at::Tensor out = new_output(key_feature.sizes(), key_feature.options().memory_format(layout));
     if (out.numel() > 0)
       creff_composed(out, key_feature, mv, lr_feature, weight, bias, kernel_size, scale, mv_scale_x, mv_scale_y);

@@ -20,9 +20,11 @@
 //
 // Shared memory (K = 7): taps 640 x 32 B = 20 KB, per channel (640 + 340 + 532) words; CC = 4 channels per
 // chunk for float accumulation (45 KB in all), 1 for double (43 KB): static shared memory stays under 48 KB.
+// K = 9 and 11 (float accumulation only): CC = 2, 38 and 44 KB (taps 756 and 880 positions); double would need
+// 50 KB and more, so float64 stops at K = 7.
 // Index math: 32-bit inside one H x W (or h x w) plane (the glue checks H*W < 2^31 through
 // creff_fused_supported), 64-bit plane offsets (n*C + c) * H*W. No atomics: deterministic.
-// Sizes other than K = 1, 3, 5, 7 are not handled here (the glue runs the unfused composition for them).
+// Odd K up to 11 (7 for double); the glue runs the unfused composition for the others.
 // Layouts: contiguous NCHW, or channels_last (kNHWC: key_feature, lr_feature and out NHWC, read and written in
 // place; mv, weight and bias contiguous). NHWC staging is pixel-major: one thread moves a pixel's CC chunk
 // channels with one vector access (16 bytes for float, 8 for 16-bit types) when C % CC == 0 and the tensors are
@@ -42,7 +44,8 @@ struct CreffTile {
   static constexpr int KVH = kTileH + 2 * R, KVW = kTileW + 2 * R, KV_PLANE = KVH * KVW;  // k / v
   static constexpr int HRH = KVH + 2, HRW = KVW + 2, HR_PLANE = HRH * HRW;                 // warped key
   static constexpr int LRH = kTileH + 2, LRW = kTileW + 2, LR_PLANE = LRH * LRW;           // resized lr
-  static constexpr int CC = sizeof(acc_t) == 8 ? 1 : 4;  // channels per chunk
+  // Channels per chunk: as many as the 48 KB of static shared memory allow (creff_fused_supported has the sizes).
+  static constexpr int CC = sizeof(acc_t) == 8 ? 1 : (K <= 7 ? 4 : 2);
   static constexpr int WSTRIDE = 10;                     // per conv and channel: 9 weights, then the bias
 };
 
@@ -239,6 +242,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
                          T* __restrict__ out, bool vec) {
   using acc_t = typename AccType<T>::type;
   using S = CreffTile<acc_t, K>;
+  static_assert(sizeof(CreffShared<acc_t, K>) <= 48 * 1024, "the tile must fit static shared memory");
   ARSEG_SHARED(sh, CreffShared<acc_t, K>);
   const int64_t HW = p.H * p.W;
   const int ty = threadIdx.y, tx = threadIdx.x;
@@ -311,14 +315,17 @@ template <typename T>
 cudaError_t creff_forward(const CreffParams& p, bool channels_last, const T* key_feature, const T* mv,
                           const T* lr_feature, const T* weight, const T* bias, T* out, cudaStream_t stream) {
   if (p.N * p.C * p.H * p.W == 0) return cudaSuccess;
-  if (!creff_fused_supported(p)) return cudaErrorInvalidValue;
+  using acc_t = typename AccType<T>::type;
+  constexpr bool kFloat64 = sizeof(acc_t) == 8;
+  if (!creff_fused_supported(p, kFloat64)) return cudaErrorInvalidValue;
   // The tile loop and grid of local_attn's tiled kernels, over the same (N, H, W).
   const LocalAttnParams ap{p.N, p.C, p.C, p.H, p.W, p.kernel_size, p.scale, AttnPadding::Zeros};
-  constexpr int CC = CreffTile<typename AccType<T>::type, 1>::CC;
-  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * CC) == 0; };
-  const bool vec = channels_last && p.C % CC == 0 && aligned(key_feature) && aligned(lr_feature) && aligned(out);
-  ARSEG_KERNEL_SIZE_SWITCH(p.kernel_size, K, [&] {
-    if constexpr (K != kGenericKernelSize) {  // creff_fused_supported excludes the other sizes
+  ARSEG_KERNEL_SIZE_SWITCH_TO_11(p.kernel_size, K, [&] {
+    // creff_fused_supported excludes the generic size, and K > 7 for double.
+    if constexpr (K != kGenericKernelSize && (!kFloat64 || K <= 7)) {
+      constexpr int CC = CreffTile<acc_t, K>::CC;
+      const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * CC) == 0; };
+      const bool vec = channels_last && p.C % CC == 0 && aligned(key_feature) && aligned(lr_feature) && aligned(out);
       if (channels_last)
         ARSEG_LAUNCH(tile_grid(ap), dim3(kTileW, kTileH), 0, stream, creff_forward_kernel<T, K, true>)(
             p, ap, key_feature, mv, lr_feature, weight, bias, out, vec);

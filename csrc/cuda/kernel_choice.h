@@ -47,8 +47,8 @@ inline bool local_attn_runs_v2(bool experimental, ElemType type, const LocalAttn
 
 // creff: the fused kernel when opted in and creff_fused_supported; otherwise the composition of the mv_warp and
 // local_attn ops (each of which then makes its own choice above) with ATen's resize and depthwise convs.
-inline bool creff_runs_fused(bool experimental, const CreffParams& p) {
-  return experimental && creff_fused_supported(p);
+inline bool creff_runs_fused(bool experimental, ElemType type, const CreffParams& p) {
+  return experimental && creff_fused_supported(p, type == ElemType::Float64);
 }
 
 }  // namespace cuda

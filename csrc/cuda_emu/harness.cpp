@@ -287,7 +287,7 @@ void run_local_attn(const std::string& op, ElemType type, bool experimental, boo
 void run_creff(ElemType type, bool experimental, bool nhwc) {
   CreffParams p{arg_i("N"), arg_i("C"), arg_i("H"), arg_i("W"), arg_i("h"), arg_i("w"), arg_i("Hb"), arg_i("Wb"),
                 static_cast<int>(arg_i("K")), arg_d("scale"), arg_d("msx"), arg_d("msy")};
-  if (!creff_runs_fused(experimental, p)) {
+  if (!creff_runs_fused(experimental, type, p)) {
     g_kernel = "composed";
     return;
   }
