@@ -162,6 +162,7 @@ def harness_path(mode=None):
     sources += [(os.path.join(src, "cuda_emu", "harness.cpp"), _MODE_FLAGS[mode]),
                 (os.path.join(src, "cuda_emu", "cuda_emu_mem.cpp"), _MODE_FLAGS[mode]),
                 (os.path.join(src, "cuda_emu", "cuda_emu.cpp"), _SCHEDULER_FLAGS[mode]),
+                (os.path.join(src, "cuda_emu", "cuda_emu_block.cpp"), _SCHEDULER_FLAGS[mode]),
                 (os.path.join(src, "cuda_emu", "cuda_emu_mma.cpp"), _SCHEDULER_FLAGS[mode])]
     out_dir = os.path.join(_cache_root(src), mode)
     os.makedirs(out_dir, exist_ok=True)
