@@ -213,7 +213,7 @@ def register(subparsers):
                    help="stage ar: learning rate of CReFF's parameters as a multiple of --lr")
     p.add_argument("--creff-init", choices=("default", "identity"), default="default",
                    help="stage ar: CReFF's q/k/v convs start with PyTorch's random init (default, as the release) "
-                        "or as identities with a zero value conv")
+                        "or all three as identities (centre tap 1, bias 0)")
     p.add_argument("--crop", type=_training_size, help="training crop HxW (default: the frame size)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"),
                    help="random rescale of each training pair (image, label and motion together)")
