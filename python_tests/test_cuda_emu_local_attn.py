@@ -36,10 +36,18 @@ def test_v1_default(dtype, K, padding):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_v2_experimental(dtype, K, padding, channels_last):
     kernels, out, grads = _case(dtype, K, padding, channels_last=channels_last, experimental=True)
-    backward = "local_attn_v2_backward" if K <= 9 else "local_attn_backward"  # v2 backward stops at K = 9
-    assert kernels == ["local_attn_v2_forward", backward]
+    assert kernels == ["local_attn_v2_forward", "local_attn_v2_backward"]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert all(t.is_contiguous(memory_format=fmt) for t in (out,) + tuple(grads))
+
+
+@pytest.mark.parametrize("dtype", DTYPES_V2, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_v2_backward_in_two_parts(dtype, channels_last):
+    # K = 11's backward takes dP in two parts of the score columns (the O pass gives delta first): several
+    # tiles per image and several channel chunks per pass (C, Cv above the 16 / 32 channels of one chunk).
+    kernels, _, _ = _case(dtype, 11, C=20, Cv=40, H=17, W=19, N=1, channels_last=channels_last, experimental=True)
+    assert kernels == ["local_attn_v2_forward", "local_attn_v2_backward"]
 
 
 @pytest.mark.parametrize("C,Cv", [(1, 1), (3, 17), (16, 16), (33, 8)])

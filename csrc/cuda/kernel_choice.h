@@ -24,13 +24,13 @@ inline bool mv_warp_runs_v2(bool experimental, const MvWarpParams& p, Layout lay
   return experimental && mv_warp_v2_supports(p, layout);
 }
 
-// local_attn: v2 when opted in, for float/half/bfloat16, kernel sizes up to kMaxV2KernelSize (forward) or
-// kMaxV2BackwardKernelSize (backward), 32-bit sizes and a device that has tensor cores (local_attn_v2_supported).
+// local_attn (forward and backward alike): v2 when opted in, for float/half/bfloat16, kernel sizes up to
+// kMaxV2KernelSize, 32-bit sizes and a device that has tensor cores (local_attn_v2_supported).
 // Fills *v2 when it returns true.
 inline bool local_attn_runs_v2(bool experimental, ElemType type, const LocalAttnParams& p, bool channels_last,
-                               bool backward, LocalAttnV2Params* v2) {
+                               LocalAttnV2Params* v2) {
   if (!experimental || type == ElemType::Float64) return false;
-  if (p.kernel_size > (backward ? kMaxV2BackwardKernelSize : kMaxV2KernelSize)) return false;
+  if (p.kernel_size > kMaxV2KernelSize) return false;
   constexpr int64_t kIntMax = 2147483647;
   if (p.C > kIntMax || p.Cv > kIntMax || p.H > kIntMax || p.W > kIntMax) return false;
   *v2 = {p.N,

@@ -4,7 +4,7 @@
 // Two kernel generations:
 //   first (local_attn_forward.cu, local_attn_backward.cu): verified on GPUs, the default; NCHW only.
 //   v2 (local_attn_v2_*.cu): EXPERIMENTAL, opt-in through arseg::experimental_kernel("local_attn")
-//     (ARSEG_EXPERIMENTAL_KERNELS=local_attn); NCHW or channels_last, float/half/bfloat16, K <= 11 (backward <= 9).
+//     (ARSEG_EXPERIMENTAL_KERNELS=local_attn); NCHW or channels_last, float/half/bfloat16, K <= 11 (forward and backward).
 // Layout: outputs are channels_last exactly when `query` is channels_last (and not also NCHW-contiguous, as
 // tensors with C == 1 or H == W == 1 are), whichever generation runs; the fake kernels in arseg_ops/_ops.py apply
 // the same rule. The v2 kernels read and write that layout directly; the first generation works on NCHW copies.
@@ -28,10 +28,10 @@ at::MemoryFormat layout_of(const at::Tensor& query) {
 
 // Fills *p and returns true when the v2 kernels run this call (kernel_choice.h; call under the device guard).
 bool use_v2(const at::Tensor& q, const at::Tensor& v, int64_t kernel_size, double scale, c10::string_view padding,
-            bool backward, cuda::LocalAttnV2Params* p) {
+            cuda::LocalAttnV2Params* p) {
   const auto params = make_local_attn_params(q, v, kernel_size, scale, padding);
   return cuda::local_attn_runs_v2(experimental_kernel("local_attn"), cuda::elem_type(q.scalar_type()), params,
-                                  channels_last_layout(q), backward, p);
+                                  channels_last_layout(q), p);
 }
 
 // Calls f(scalar_t{}) for the element types of the v2 kernels.
@@ -56,7 +56,7 @@ at::Tensor local_attn_cuda(const at::Tensor& query, const at::Tensor& key, const
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::MemoryFormat format = layout_of(query);
   cuda::LocalAttnV2Params p2;
-  if (value.numel() > 0 && use_v2(query, value, kernel_size, scale, padding, false, &p2)) {
+  if (value.numel() > 0 && use_v2(query, value, kernel_size, scale, padding, &p2)) {
     const at::Tensor q = query.contiguous(format), k = key.contiguous(format), v = value.contiguous(format);
     at::Tensor out = new_output_like(value, format);
     dispatch_v2_types(q.scalar_type(), "local_attn", [&](auto tag) {
@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> local_attn_backward_cuda(const at
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::MemoryFormat format = layout_of(query);
   cuda::LocalAttnV2Params p2;
-  if (use_v2(query, value, kernel_size, scale, padding, true, &p2)) {
+  if (use_v2(query, value, kernel_size, scale, padding, &p2)) {
     const at::Tensor go = grad_output.contiguous(format), q = query.contiguous(format), k = key.contiguous(format),
                      v = value.contiguous(format);
     at::Tensor dq = new_output_like(query, format), dk = new_output_like(key, format),

@@ -29,8 +29,7 @@ struct LocalAttnV2Params {
   bool channels_last;  // every tensor NHWC-contiguous (else NCHW-contiguous)
 };
 
-constexpr int kMaxV2KernelSize = 11;
-constexpr int kMaxV2BackwardKernelSize = 9;  // K = 11 needs more registers than a lane has (two 16 x 196 tiles)
+constexpr int kMaxV2KernelSize = 11;  // forward and backward
 
 // True when the v2 kernels handle these sizes on the current device: compute capability >= 8.0, odd kernel size
 // <= 11, C >= 1, Cv >= 1, H*W >= 1, per-image planes below 2^31 elements. Otherwise use the first generation.
@@ -43,7 +42,8 @@ cudaError_t local_attn_v2_forward(const LocalAttnV2Params& p, const T* query, co
 // Bytes of workspace local_attn_v2_backward needs: per-pixel (log-sum-exp, delta) in float, 2*N*H*W floats.
 size_t local_attn_v2_backward_workspace(const LocalAttnV2Params& p);
 
-// dq, dk, dv in two deterministic kernels (kernel sizes up to kMaxV2BackwardKernelSize) (query-centred: dq and the statistics; key-centred: dk, dv). No atomics.
+// dq, dk, dv in two deterministic kernels (query-centred: dq and the statistics; key-centred: dk, dv). No
+// atomics.
 template <typename T>
 cudaError_t local_attn_v2_backward(const LocalAttnV2Params& p, const T* grad_output, const T* query, const T* key,
                                    const T* value, T* dq, T* dk, T* dv, void* workspace, cudaStream_t stream);

@@ -200,9 +200,10 @@ __device__ __forceinline__ void pipeline(T* smem, int steps, Issue issue, Comput
 
 // ---- products of one chunk ----
 
-// S[j] += A(rows of this warp in the M region) . B(column j's halo pixel in the N region)^T over the chunk.
-template <class G, typename T>
-__device__ __forceinline__ void dot_chunk(float (&S)[G::NT][4], const T* buf, const Lane& L0) {
+// S[j] += A(rows of this warp in the M region) . B(column J0 + j's halo pixel in the N region)^T over the chunk,
+// for the tiles J0 + j < NT (J0 > 0: one part of the columns, see the backward's SPLIT).
+template <class G, int J0 = 0, typename T, int NJ>
+__device__ __forceinline__ void dot_chunk(float (&S)[NJ][4], const T* buf, const Lane& L0) {
   using Mma = typename G::Mma;
   constexpr int KS = G::CH / Mma::kChanStep;
   const Lane L = fresh(L0);
@@ -212,10 +213,12 @@ __device__ __forceinline__ void dot_chunk(float (&S)[G::NT][4], const T* buf, co
   for (int k = 0; k < KS; ++k) a[k] = Mma::load_a(r0, r0 + 8 * G::RS, k * Mma::kChanStep, L.t);
   const T* nbuf = buf + G::MROWS * G::RS;
 #pragma unroll
-  for (int j = 0; j < G::NT; ++j) {
-    const T* key = nbuf + n_row<G>(L, 8 * j + L.g) * G::RS;
+  for (int j = 0; j < NJ; ++j) {
+    if (J0 + j < G::NT) {
+      const T* key = nbuf + n_row<G>(L, 8 * (J0 + j) + L.g) * G::RS;
 #pragma unroll
-    for (int k = 0; k < KS; ++k) Mma::dot(S[j], a[k], key, k * Mma::kChanStep, L.t);
+      for (int k = 0; k < KS; ++k) Mma::dot(S[j], a[k], key, k * Mma::kChanStep, L.t);
+    }
   }
 }
 

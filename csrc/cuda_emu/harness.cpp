@@ -234,7 +234,7 @@ void run_local_attn(const std::string& op, ElemType type, bool experimental, boo
                     arg_d("scale"), arg("padding") == "exclude" ? AttnPadding::Exclude : AttnPadding::Zeros};
   const bool backward = op == "local_attn_backward";
   LocalAttnV2Params p2{};
-  const bool v2 = local_attn_runs_v2(experimental, type, p, nhwc_in, backward, &p2);
+  const bool v2 = local_attn_runs_v2(experimental, type, p, nhwc_in, &p2);
   const bool nhwc = v2 && nhwc_in;
   g_kernel_nhwc = nhwc;
   const size_t es = elem_size(type);
