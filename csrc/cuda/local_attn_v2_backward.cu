@@ -6,8 +6,9 @@
 //   nC                 P    = softmax(S), lse_i
 //   SPLIT > 1 only:    O_i  = sum_j P v_j, delta_i = dO_i . O_i   (nV steps: stage dO rows, v halo)
 //   SPLIT x nV steps   dP  += dO_i . v_j for one part of the columns at a time (stage dO rows, v halo); when a
-//                      part is complete, dS = P (dP - delta_i) scale replaces P in that part (0 at out-of-image
-//                      keys: their logit is the constant padding logit). SPLIT = 1: delta_i = sum_j P dP first.
+//                      part is complete, dS = P (dP - delta_i) scale (0 at out-of-image keys: their logit is the
+//                      constant padding logit) takes dP's place (SPLIT = 1) or P's (SPLIT > 1; see ds_tile).
+//                      SPLIT = 1: delta_i = sum_j P dP first.
 //                      (lse_i, delta_i) -> workspace
 //   [.., +nC)          dq_i = sum_j dS_ij k_j           (stage k halo)
 // Key-centred kernel, per tile of key pixels j (rows) against the query pixels i of their halo (columns; the
@@ -15,7 +16,7 @@
 //   [0, nC)            S^T += k_j . q_i;   then P^T = exp(S^T scale - lse_i) (0 for out-of-image queries)
 //   [nC, nC + nV)      dv_j = sum_i P^T dO_i            (stage dO halo)
 //   SPLIT x nV steps   dP^T += v_j . dO_i per part of the columns (stage v rows, dO halo); a complete part's
-//                      dS^T = P^T (dP^T - delta_i) scale replaces P^T there
+//                      dS^T = P^T (dP^T - delta_i) scale takes dP^T's or P^T's place as above
 //   [.., +nC)          dk_j = sum_i dS^T q_i            (stage q halo)
 // Only P (all columns) and dP (one part) are live together, never two full score tiles: K <= 9 takes the
 // columns in one part, K = 11 (196 columns, 100-104 accumulators per tile) in two, which costs one more pass of
@@ -249,7 +250,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
     for (int j = 0; j < PART; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) D[j][e] = 0.f;
-    const auto finish = [&](int part) {  // P^T -> dS^T in part `part` (P^T is already 0 at the unreal pairs)
+    const auto finish = [&](int part) {  // dS^T of part `part` (P^T is already 0 at the unreal pairs)
       finish_part<G>(
           P, D, part, L, scale,
           [&](const Lane& F, int j, int e) { return halo_stats[2 * n_row<G>(F, 8 * j + 2 * F.t + (e & 1)) + 1]; },
