@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _cuda_emu
+from ._ops import _align_corners_matrix
 from ._validate import check_creff, check_local_attn, check_mv_warp, creff_channels_last, warp_scale
 
 OPS = ("mv_warp", "local_attn", "creff")
@@ -118,6 +119,26 @@ class _Emulated:
                         inputs=[key, mv, lr, weight, bias], output_shapes=[key.shape])
         return None if outs is None else outs[0]
 
+    def creff_backward_fused(self, grad, key, mv, lr, weight, bias, kernel_size, scale, sx, sy):
+        """(d key, d lr, d weight, d bias) as creff_backward_cuda computes them with the fused kernels, or None
+        when the glue would compose the unfused ops instead (creff_cuda.cpp)."""
+        N, C, H, W = key.shape
+        sizes = dict(N=N, C=C, H=H, W=W, h=lr.shape[2], w=lr.shape[3], Hb=mv.shape[2], Wb=mv.shape[3],
+                     K=int(kernel_size), scale=float(scale), msx=float(sx), msy=float(sy))
+        outs = self.run("creff_backward", dtype=key.dtype, nhwc=False, sizes=sizes,
+                        inputs=[grad, key, mv, lr, weight, bias],
+                        output_shapes=[key.shape, key.shape, weight.shape, bias.shape])
+        if outs is None:
+            return None
+        d_hr, d_lr_up, d_w, d_b = outs
+        d_key = self.mv_warp_backward_feature(d_hr, mv, sx, sy, "bilinear", "zeros")
+        acc = torch.float64 if key.dtype == torch.float64 else torch.float32
+        a_y = _align_corners_matrix(H, lr.shape[2], d_lr_up.to(acc))
+        a_x = _align_corners_matrix(W, lr.shape[3], d_lr_up.to(acc))
+        d_lr = torch.matmul(torch.matmul(a_y.t(), d_lr_up.to(acc)), a_x).to(lr.dtype)
+        return (d_key.contiguous(memory_format=_format(creff_channels_last(key))),
+                d_lr.contiguous(memory_format=_format(creff_channels_last(lr))), d_w, d_b)
+
 
 # ---- autograd: the formulas of _ops.py, with the emulated kernels ----
 
@@ -166,7 +187,8 @@ def _creff_chain(emu, key, mv, lr, weight, bias, kernel_size, scale, sx, sy):
 
 class _Creff(torch.autograd.Function):
     """Forward: the fused kernel, or the composition where the glue composes. Backward: as the real op's autograd
-    (_ops.py) for either forward, the recompute through the unfused ops and their backward kernels."""
+    (_ops.py): the fused backward kernels (creff_backward) when opted in and mv needs no gradient, else the
+    recompute through the unfused ops and their backward kernels."""
 
     @staticmethod
     def forward(ctx, emu, key, mv, lr, weight, bias, kernel_size, scale, sx, sy):
@@ -177,6 +199,13 @@ class _Creff(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        need = ctx.needs_input_grad[1:6]
+        if ctx.emu.experimental and not need[1] and not torch.is_grad_enabled():
+            fused = ctx.emu.creff_backward_fused(grad, *ctx.saved_tensors, *ctx.args)
+            if fused is not None:
+                d_key, d_lr, d_w, d_b = fused
+                return (None, d_key if need[0] else None, None, d_lr if need[2] else None, d_w if need[3] else None,
+                        d_b if need[4] else None) + (None,) * 4
         inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:6])]
         wanted = [t for t in inputs if t.requires_grad]
         with torch.enable_grad():

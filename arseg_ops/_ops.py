@@ -161,8 +161,9 @@ def creff(key_feature, mv, lr_feature, weight, bias, *, kernel_size=7, scale=1.0
     weight (3, C, 1, 3, 3), bias (3, C); 1 <= h <= H, 1 <= w <= W; mv_scale a number or (sx, sy) as mv_warp's
     scale. The forward kernel never writes hr, lr, q, k or v to memory. The output is channels_last when
     key_feature is. Differentiable in key_feature, mv, lr_feature, weight and bias. On CPU the backward is one
-    fused op too (creff_backward: it streams like the forward and gives every gradient but mv's); when mv's
-    gradient is asked for, on CUDA, and for second-order gradients, the backward recomputes hr, lr, q, k, v with
+    fused op too (creff_backward: it streams like the forward and gives every gradient but mv's; on CUDA with
+    ARSEG_EXPERIMENTAL_KERNELS=creff as well); when mv's gradient is asked for, on CUDA by default, and for
+    second-order gradients, the backward recomputes hr, lr, q, k, v with
     the unfused ops (mv_warp, upsample, depthwise conv) and runs their backward ops.
     """
     check_creff(key_feature, mv, lr_feature, weight, bias, kernel_size, scale)
@@ -224,9 +225,11 @@ def _creff_backward(ctx, grad):
         grads = [torch.zeros_like(t) if need else None
                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:5])]
         return tuple(grads) + (None,) * 4
-    # The fused backward (CPU): all gradients but mv's. Not when building a graph for second-order gradients
-    # (it has no autograd of its own; the op-by-op path below is differentiable through its backward ops).
-    if key_feature.device.type == "cpu" and not need_mv and not torch.is_grad_enabled():
+    # The fused backward (CPU; CUDA only when the experimental creff kernels are opted in): all gradients but
+    # mv's. Not when building a graph for second-order gradients (it has no autograd of its own; the op-by-op
+    # path below is differentiable through its backward ops).
+    fused = key_feature.device.type == "cpu" or (key_feature.device.type == "cuda" and experimental_kernel("creff"))
+    if fused and not need_mv and not torch.is_grad_enabled():
         d_key, d_lr, d_w, d_b = _ops.creff_backward(grad, key_feature, mv, lr_feature, weight, bias, kernel_size,
                                                     scale, sx, sy)
         return (d_key if need_key else None, None, d_lr if need_lr else None, d_w if need_w else None,

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "../creff_math.h"
+#include "kernels.h"
 
 namespace arseg {
 namespace cuda {
@@ -29,6 +30,21 @@ inline bool creff_fused_supported(const CreffParams& p, bool float64) {
 template <typename T>
 cudaError_t creff_forward(const CreffParams& p, bool channels_last, const T* key_feature, const T* mv,
                           const T* lr_feature, const T* weight, const T* bias, T* out, cudaStream_t stream);
+
+// Bytes of device workspace creff_backward needs (creff_backward.cu): dq, dk and dv (N*C*H*W each), two
+// statistics per pixel, and per-CTA weight sums, all in AccType<T> (`float64`: T is double).
+size_t creff_backward_workspace_bytes(const CreffParams& p, bool float64);
+
+// The fused backward (EXPERIMENTAL): from grad_output (N, C, H, W) and the forward's inputs (contiguous NCHW,
+// mv / weight / bias as creff_forward), d_hr = d out / d hr (hr = the warped key feature) and d_lr = d out / d lr
+// (lr = lr_feature resized to (H, W), the residual included), both (N, C, H, W), and d_weight
+// (3, C, 1, 3, 3), d_bias (3, C) in T. Deterministic: no atomics. The glue maps d_hr through
+// mv_warp_backward_feature and d_lr through the resize's transpose. cudaErrorInvalidValue (nothing launched)
+// when !creff_fused_supported(p, T is double).
+template <typename T>
+cudaError_t creff_backward(const CreffParams& p, const T* grad_output, const T* key_feature, const T* mv,
+                           const T* lr_feature, const T* weight, const T* bias, T* d_hr, T* d_lr, T* d_weight,
+                           T* d_bias, void* workspace,                            cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace arseg

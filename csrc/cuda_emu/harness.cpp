@@ -11,6 +11,8 @@
 //     local_attn_backward        (same sizes)                       in grad_output,query,key,value  out dq,dk,dv
 //     creff_forward              N C H W h w Hb Wb K scale msx msy  in key,mv,lr,weight,bias   out out
 //       (layout=nhwc: key, lr and out channels_last, as the glue's creff_output_channels_last)
+//     creff_backward             (same sizes)        in grad_output,key,mv,lr,weight,bias   out d_hr,d_lr,d_weight,d_bias
+//       (NCHW kernels: the glue makes every input contiguous; d_hr / d_lr are d out / d (warped key, resized lr))
 // layout is the layout of the op's inputs as the glue sees them (nhwc: strictly channels_last). Kernels that run
 // NCHW get NCHW copies, as the glue's .contiguous() makes; NHWC kernels get NHWC buffers.
 // Every buffer the kernels see is an exact-size heap block (AddressSanitizer's redzone right after the last
@@ -284,9 +286,42 @@ void run_local_attn(const std::string& op, ElemType type, bool experimental, boo
   store(outs.at(2), dv, vo, es, nhwc);
 }
 
+CreffParams creff_params() {
+  return {arg_i("N"), arg_i("C"), arg_i("H"), arg_i("W"), arg_i("h"), arg_i("w"), arg_i("Hb"), arg_i("Wb"),
+          static_cast<int>(arg_i("K")), arg_d("scale"), arg_d("msx"), arg_d("msy")};
+}
+
+void run_creff_backward(ElemType type, bool experimental) {
+  const CreffParams p = creff_params();
+  if (!creff_runs_fused(experimental, type, p)) {
+    g_kernel = "composed";
+    return;
+  }
+  g_kernel = "creff_backward";
+  const size_t es = elem_size(type);
+  const Tensor4 key{p.N, p.C, p.H, p.W}, motion{p.N, 2, p.Hb, p.Wb}, lr{p.N, p.C, p.h, p.w};
+  const Tensor4 weight{3, p.C, 3, 3}, bias{1, 1, 3, p.C};
+  const std::vector<std::string> ins = split(arg("in")), outs = split(arg("out"));
+  Buf g = load(ins.at(0), key, es, false), f = load(ins.at(1), key, es, false);
+  Buf m = load(ins.at(2), motion, es, false), l = load(ins.at(3), lr, es, false);
+  Buf w = load(ins.at(4), weight, es, false), b = load(ins.at(5), bias, es, false);
+  Buf dh = alloc(key.bytes(es), es, 0xff), dl = alloc(key.bytes(es), es, 0xff);
+  Buf dw = alloc(weight.bytes(es), es, 0xff), db = alloc(bias.bytes(es), es, 0xff);
+  Buf ws = alloc(creff_backward_workspace_bytes(p, type == ElemType::Float64), 8, 0xff);
+  dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    check(creff_backward<T>(p, in<T>(g), in<T>(f), in<T>(m), in<T>(l), in<T>(w), in<T>(b), out<T>(dh), out<T>(dl),
+                            out<T>(dw), out<T>(db), ws.ptr, nullptr),
+          g_kernel);
+  });
+  store(outs.at(0), dh, key, es, false);
+  store(outs.at(1), dl, key, es, false);
+  store(outs.at(2), dw, weight, es, false);
+  store(outs.at(3), db, bias, es, false);
+}
+
 void run_creff(ElemType type, bool experimental, bool nhwc) {
-  CreffParams p{arg_i("N"), arg_i("C"), arg_i("H"), arg_i("W"), arg_i("h"), arg_i("w"), arg_i("Hb"), arg_i("Wb"),
-                static_cast<int>(arg_i("K")), arg_d("scale"), arg_d("msx"), arg_d("msy")};
+  const CreffParams p = creff_params();
   if (!creff_runs_fused(experimental, type, p)) {
     g_kernel = "composed";
     return;
@@ -328,6 +363,8 @@ int main(int argc, char** argv) {
     run_local_attn(op, type, experimental, nhwc);
   else if (op == "creff_forward")
     run_creff(type, experimental, nhwc);
+  else if (op == "creff_backward")
+    run_creff_backward(type, experimental);
   else
     usage("unknown op " + op);
   fprintf(stderr, "EMU_RESULT kernel=%s layout=%s blocks=%ld errors=%d\n", g_kernel, g_kernel_nhwc ? "nhwc" : "nchw",
