@@ -184,7 +184,11 @@ def sanitize(small, device="cuda"):
                         mv = r(2, 2, 4, 10, s=3.0, dtype=dtype)
                         out = arseg_ops.creff(key, mv, lr, weight, bias, kernel_size=K, scale=0.2, mv_scale=0.5)
                         out.backward(torch.randn_like(out))
-                        calls += 2
+                        # Codec motion (no gradient): the fused creff_backward when creff is experimental.
+                        out = arseg_ops.creff(key, mv.detach(), lr, weight, bias, kernel_size=K, scale=0.2,
+                                              mv_scale=0.5)
+                        out.backward(torch.randn_like(out))
+                        calls += 3
                     f, mv = r(2, 19, 24, 40, fmt=fmt, dtype=dtype), r(2, 2, 6, 10, s=3.0, dtype=dtype)
                     for mode in ("bilinear", "nearest"):
                         for padding_mode in ("zeros", "border"):

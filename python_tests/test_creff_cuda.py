@@ -128,3 +128,73 @@ def test_creff_cuda_rejects_bad_weight(path):
     key, mv, lr_feature, weight, bias = creff_inputs()
     with pytest.raises((ValueError, RuntimeError), match="weight"):
         run_creff(path, key, mv, lr_feature, weight[:2], bias)
+
+
+# ---- creff_backward on CUDA: the op composition (default) and the fused kernels (creff_backward.cu, opt-in) ----
+
+def run_creff_backward(path, grad, args, kernel_size, scale, mv_scale, extra=()):
+    names = (["creff"] if path == "fused" else []) + list(extra)
+    with testing.experimental_kernels(*names):
+        with testing.poison_outputs():
+            return torch.ops.arseg_ops.creff_backward(grad, *args, kernel_size, scale, *mv_scale)
+
+
+def truth_grads(grad, args, **kw):
+    key, mv, lr_feature, weight, bias = (t.detach().cpu().double() for t in args)
+    leaves = [t.requires_grad_() for t in (key, lr_feature, weight, bias)]
+    out = reference.creff(key, mv, lr_feature, weight, bias, **kw)
+    return torch.autograd.grad(out, leaves, grad.cpu().double())
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kernel_size", [1, 3, 7, 9, 11])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_creff_backward_cuda_matches_float64_autograd(path, kernel_size, dtype):
+    args = creff_inputs(dtype=dtype)
+    grad = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    grad = grad.to(device="cuda", dtype=dtype)
+    got = run_creff_backward(path, grad, args, kernel_size, 0.7, (1.5, 0.75))
+    want = truth_grads(grad, args, kernel_size=kernel_size, scale=0.7, mv_scale=(1.5, 0.75))
+    for name, g, w in zip(("key_feature", "lr_feature", "weight", "bias"), got, want):
+        assert g.dtype == dtype and g.is_cuda and not g.isnan().any(), name
+        rel = (g.cpu().double() - w).abs().max() / w.abs().max()
+        assert rel <= (1e-10 if dtype == torch.float64 else 2e-4), "%s: relative error %.3g" % (name, rel)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
+def test_creff_backward_fused_low_precision(dtype):
+    args = creff_inputs(dtype=dtype)
+    grad = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(8)).to(device="cuda", dtype=dtype)
+    got = run_creff_backward("fused", grad, args, 7, 0.7, (1.5, 0.75))
+    want = truth_grads(grad, args, kernel_size=7, scale=0.7, mv_scale=(1.5, 0.75))
+    for g, w in zip(got, want):
+        assert (g.cpu().double() - w).abs().max() / w.abs().max() <= 3e-2
+
+
+def test_creff_backward_fused_is_deterministic_and_channels_last():
+    args = list(creff_inputs(C=16, H=19, W=45))
+    grad = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(9)).cuda()
+    # With the experimental mv_warp too, its backward is the gather (v2) kernel: no atomics anywhere.
+    a = run_creff_backward("fused", grad, args, 7, 0.5, (1.0, 1.0), extra=["mv_warp"])
+    b = run_creff_backward("fused", grad, args, 7, 0.5, (1.0, 1.0), extra=["mv_warp"])
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for i in (0, 2):
+        args[i] = args[i].contiguous(memory_format=torch.channels_last)
+    c = run_creff_backward("fused", grad.contiguous(memory_format=torch.channels_last), args, 7, 0.5, (1.0, 1.0))
+    assert c[0].is_contiguous(memory_format=torch.channels_last) and c[1].is_contiguous(memory_format=torch.channels_last)
+    for x, y in zip(a, c):
+        torch.testing.assert_close(x, y.contiguous(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_creff_backward_cuda_opcheck_and_autograd(path):
+    args = creff_inputs(N=1, C=3, H=9, W=11, h=5, w=6, blocks=(2, 3), dtype=torch.float64)
+    grad = torch.randn(args[0].shape, dtype=torch.float64, device="cuda")
+    with testing.experimental_kernels(*(["creff"] if path == "fused" else [])):
+        torch.library.opcheck(torch.ops.arseg_ops.creff_backward.default, (grad, *args, 3, 0.5, 1.2, 0.8))
+        leaves = [t.clone().requires_grad_() for t in (args[0], args[2], args[3], args[4])]
+        out = arseg_ops.creff(leaves[0], args[1], *leaves[1:], kernel_size=3, scale=0.5, mv_scale=(1.2, 0.8))
+        got = torch.autograd.grad(out, leaves, grad)
+    want = truth_grads(grad, args, kernel_size=3, scale=0.5, mv_scale=(1.2, 0.8))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, atol=1e-10, rtol=1e-10)
