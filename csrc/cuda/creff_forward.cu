@@ -30,13 +30,14 @@
 // channels with one vector access (16 bytes for float, 8 for 16-bit types) when C % CC == 0 and the tensors are
 // aligned to it (`vec`), element by element otherwise; the NCHW path is unchanged.
 #include "creff.h"
-#include "local_attn_device.cuh"
+#include "creff_tiles.cuh"
 
 namespace arseg {
 namespace cuda {
 namespace {
 
 using namespace attn;
+using namespace creff_tiles;
 
 template <typename acc_t, int K>
 struct CreffTile {
@@ -44,8 +45,7 @@ struct CreffTile {
   static constexpr int KVH = kTileH + 2 * R, KVW = kTileW + 2 * R, KV_PLANE = KVH * KVW;  // k / v
   static constexpr int HRH = KVH + 2, HRW = KVW + 2, HR_PLANE = HRH * HRW;                 // warped key
   static constexpr int LRH = kTileH + 2, LRW = kTileW + 2, LR_PLANE = LRH * LRW;           // resized lr
-  // Channels per chunk: as many as the 48 KB of static shared memory allow (creff_fused_supported has the sizes).
-  static constexpr int CC = sizeof(acc_t) == 8 ? 1 : (K <= 7 ? 4 : 2);
+  static constexpr int CC = AttnChunk<acc_t, K>::CC;
   static constexpr int WSTRIDE = 10;                     // per conv and channel: 9 weights, then the bias
 };
 
@@ -53,15 +53,12 @@ struct CreffTile {
 template <typename acc_t, int K>
 struct CreffShared {
   using S = CreffTile<acc_t, K>;
-  int tap_idx[4][S::HR_PLANE];  // offset of each bilinear tap inside the key plane
-  acc_t tap_w[4][S::HR_PLANE];  // its weight (0: absent tap or position outside the image)
+  RegionTaps<acc_t, S::R + 1> taps;  // on the hr region
   acc_t hr[S::CC][S::HR_PLANE];
   acc_t lr[S::CC][S::LR_PLANE];
   acc_t kv[S::CC][S::KV_PLANE];
   acc_t wt[3][S::CC][S::WSTRIDE];  // conv 0 -> q, 1 -> k, 2 -> v
 };
-
-__device__ __forceinline__ int thread_rank() { return threadIdx.y * kTileW + threadIdx.x; }
 
 // The N consecutive channels of one NHWC pixel as one aligned vector access.
 template <typename T, int N>
@@ -91,31 +88,6 @@ __device__ __forceinline__ void store_channels(T* dst, const T (&e)[N], int64_t 
     if (c < left) dst[c] = e[c];
 }
 
-// Bilinear taps of every hr-region position of the tile at (y0, x0) of image n.
-template <typename T, typename acc_t, int K>
-__device__ void stage_taps(CreffShared<acc_t, K>& sh, const CreffParams& p, const T* __restrict__ mv, int64_t n,
-                           int y0, int x0) {
-  using S = CreffTile<acc_t, K>;
-  for (int i = thread_rank(); i < S::HR_PLANE; i += kThreads) {
-    const int hy = i / S::HRW, hx = i - hy * S::HRW;
-    const int gy = y0 - S::R - 1 + hy, gx = x0 - S::R - 1 + hx;
-    Taps<acc_t> t;
-    clear_taps(t);
-    if (inside(gy, gx, p.H, p.W)) {
-      const int64_t by = block_of(gy, p.H, p.Hb), bx = block_of(gx, p.W, p.Wb);
-      const T* m = mv + (n * 2 * p.Hb + by) * p.Wb + bx;  // dx; dy is one block plane further
-      const acc_t xs = sample_coord(static_cast<acc_t>(gx), static_cast<acc_t>(p.mv_scale_x), to_acc(m[0]));
-      const acc_t ys = sample_coord(static_cast<acc_t>(gy), static_cast<acc_t>(p.mv_scale_y), to_acc(m[p.Hb * p.Wb]));
-      sample_taps(xs, ys, p.H, p.W, WarpMode::Bilinear, WarpPadding::Zeros, t);
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      sh.tap_idx[k][i] = static_cast<int>(t.idx[k]);
-      sh.tap_w[k][i] = t.w[k];
-    }
-  }
-}
-
 // stage_chunk's hr and lr staging for NHWC tensors: a thread takes a position and all CC channels of the chunk,
 // so each bilinear tap (of the warp and of the resize) is one vector access. Channels past C are staged as 0.
 template <typename T, typename acc_t, int K>
@@ -125,22 +97,22 @@ __device__ void stage_chunk_nhwc(CreffShared<acc_t, K>& sh, const CreffParams& p
   constexpr int CC = S::CC;
   const int64_t left = p.C - c0;
   const T* img = key + n * p.H * p.W * p.C + c0;  // channel c0 of pixel 0
-  for (int r = thread_rank(); r < S::HR_PLANE; r += kThreads) {
+  for (int r = rank_in_cta(); r < S::HR_PLANE; r += kThreads) {
     acc_t v[CC];
 #pragma unroll
     for (int c = 0; c < CC; ++c) v[c] = acc_t(0);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       T e[CC];
-      load_channels(e, img + static_cast<int64_t>(sh.tap_idx[k][r]) * p.C, left, vec);
+      load_channels(e, img + static_cast<int64_t>(sh.taps.idx[k][r]) * p.C, left, vec);
 #pragma unroll
-      for (int c = 0; c < CC; ++c) v[c] += tap_product(sh.tap_w[k][r], to_acc(e[c]));
+      for (int c = 0; c < CC; ++c) v[c] += tap_product(sh.taps.w[k][r], to_acc(e[c]));
     }
 #pragma unroll
     for (int c = 0; c < CC; ++c) sh.hr[c][r] = v[c];
   }
   const T* lr_img = lrf + n * p.h * p.w * p.C + c0;
-  for (int r = thread_rank(); r < S::LR_PLANE; r += kThreads) {
+  for (int r = rank_in_cta(); r < S::LR_PLANE; r += kThreads) {
     const int ly = r / S::LRW, lx = r - ly * S::LRW;
     const int gy = y0 - 1 + ly, gx = x0 - 1 + lx;
     acc_t v[CC];
@@ -171,68 +143,13 @@ __device__ void stage_chunk(CreffShared<acc_t, K>& sh, const CreffParams& p, con
                             const T* __restrict__ lrf, const T* __restrict__ weight, const T* __restrict__ bias,
                             int64_t n, int64_t c0, int y0, int x0, bool vec) {
   using S = CreffTile<acc_t, K>;
-  const int tid = thread_rank();
-  const int w = static_cast<int>(p.w);
-  const int64_t HW = p.H * p.W, hw = p.h * p.w;
   if constexpr (kNHWC) {
     stage_chunk_nhwc<T, acc_t, K>(sh, p, key, lrf, n, c0, y0, x0, vec);
   } else {
-    for (int i = tid; i < S::CC * S::HR_PLANE; i += kThreads) {
-      const int c = i / S::HR_PLANE, r = i - c * S::HR_PLANE;
-      acc_t v = acc_t(0);
-      if (c0 + c < p.C) {
-        const T* plane = key + (n * p.C + c0 + c) * HW;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) v += tap_product(sh.tap_w[k][r], to_acc(plane[sh.tap_idx[k][r]]));
-      }
-      sh.hr[c][r] = v;
-    }
-    for (int i = tid; i < S::CC * S::LR_PLANE; i += kThreads) {
-      const int c = i / S::LR_PLANE, r = i - c * S::LR_PLANE;
-      const int ly = r / S::LRW, lx = r - ly * S::LRW;
-      const int gy = y0 - 1 + ly, gx = x0 - 1 + lx;
-      acc_t v = acc_t(0);
-      if (c0 + c < p.C && inside(gy, gx, p.H, p.W)) {
-        const T* plane = lrf + (n * p.C + c0 + c) * hw;
-        const LinearTap<acc_t> ty = align_corners_tap<acc_t>(gy, p.h, p.H);
-        const LinearTap<acc_t> tx = align_corners_tap<acc_t>(gx, p.w, p.W);
-        const int r0 = static_cast<int>(ty.i0) * w, r1 = static_cast<int>(ty.i1) * w;
-        const int x0i = static_cast<int>(tx.i0), x1i = static_cast<int>(tx.i1);
-        v = bilinear_mix(to_acc(plane[r0 + x0i]), to_acc(plane[r0 + x1i]), to_acc(plane[r1 + x0i]),
-                         to_acc(plane[r1 + x1i]), ty, tx);
-      }
-      sh.lr[c][r] = v;
-    }
+    gather_hr<T, acc_t, S::R + 1, S::CC>(sh.hr, sh.taps, p, key, n, c0);
+    resize_lr<T, acc_t, 1, S::CC>(sh.lr, p, lrf, n, c0, y0, x0);
   }
-  for (int i = tid; i < 3 * S::CC * S::WSTRIDE; i += kThreads) {
-    const int conv = i / (S::CC * S::WSTRIDE), r = i - conv * S::CC * S::WSTRIDE;
-    const int c = r / S::WSTRIDE, t = r - c * S::WSTRIDE;
-    acc_t v = acc_t(0);
-    if (c0 + c < p.C) {
-      const int64_t oc = conv * p.C + c0 + c;
-      v = to_acc(t < 9 ? weight[oc * 9 + t] : bias[oc]);
-    }
-    sh.wt[conv][c][t] = v;
-  }
-}
-
-// sh.kv = depthwise conv `conv` (1: k, 2: v) of sh.hr over the kv region; 0 at positions outside the image
-// (a zero-padded key/value of local_attn; the logit there is replaced by 0 in softmax_in_place anyway).
-template <typename acc_t, int K>
-__device__ void conv_kv_region(CreffShared<acc_t, K>& sh, const CreffParams& p, int conv, int y0, int x0) {
-  using S = CreffTile<acc_t, K>;
-  for (int i = thread_rank(); i < S::CC * S::KV_PLANE; i += kThreads) {
-    const int c = i / S::KV_PLANE, r = i - c * S::KV_PLANE;
-    const int ky = r / S::KVW, kx = r - ky * S::KVW;
-    acc_t v = acc_t(0);
-    if (inside(y0 - S::R + ky, x0 - S::R + kx, p.H, p.W)) {
-      // kv position (ky, kx) is hr position (ky + 1, kx + 1): rows ky .. ky + 2 around it.
-      const acc_t* row = &sh.hr[c][ky * S::HRW];
-      const acc_t* wt = sh.wt[conv][c];
-      v = depthwise3x3(row, row + S::HRW, row + 2 * S::HRW, kx + 1, wt, wt[9]);
-    }
-    sh.kv[c][r] = v;
-  }
+  stage_weights<T, acc_t, S::CC>(sh.wt, p, weight, bias, c0);
 }
 
 template <typename T, int K, bool kNHWC>
@@ -253,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
     const int y0 = static_cast<int>(y0_), x0 = static_cast<int>(x0_);
     const PixelPos pp = pixel_pos(y0_, x0_, p.H, p.W);
     __syncthreads();  // the previous tile's last reads of shared memory are done
-    stage_taps<T, acc_t, K>(sh, p, mv, n, y0, x0);
+    stage_taps<T, acc_t, S::R + 1>(sh.taps, p, mv, n, y0, x0);
 
     acc_t l[S::KK];
 #pragma unroll
@@ -262,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
       __syncthreads();  // taps complete / previous chunk's dot pass done with sh.kv
       stage_chunk<kNHWC, T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, vec);
       __syncthreads();
-      conv_kv_region<acc_t, K>(sh, p, 1, y0, x0);
+      conv_region<acc_t, S::R, S::CC>(sh.kv, sh.hr, sh.wt[1], p, y0, x0);
       acc_t q[S::CC];
 #pragma unroll
       for (int c = 0; c < S::CC; ++c) {
@@ -284,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, TiledMinBlocks<T>::value)
       __syncthreads();
       stage_chunk<kNHWC, T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, vec);
       __syncthreads();
-      conv_kv_region<acc_t, K>(sh, p, 2, y0, x0);
+      conv_region<acc_t, S::R, S::CC>(sh.kv, sh.hr, sh.wt[2], p, y0, x0);
       __syncthreads();
       acc_t o[S::CC];
 #pragma unroll
