@@ -1,5 +1,7 @@
 #include "op_common.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -8,6 +10,14 @@
 #include <string>
 
 namespace arseg {
+
+at::Tensor creff_warp_backward_feature(const at::Tensor& d_hr, const at::Tensor& mv, double sx, double sy) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("arseg_ops::mv_warp_backward_feature", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double,
+                                               c10::string_view, c10::string_view)>();
+  return op.call(d_hr, mv, sx, sy, "bilinear", "zeros");
+}
 
 WarpMode parse_warp_mode(const std::string& mode) {
   if (mode == "bilinear") return WarpMode::Bilinear;

@@ -49,6 +49,10 @@ void check_creff_args(const at::Tensor& key_feature, const at::Tensor& mv, const
 // when key_feature is channels_last and not also contiguous, else contiguous NCHW.
 bool creff_output_channels_last(const at::Tensor& key_feature);
 
+// The creff backward kernels' last step (CPU and CUDA): d key_feature = arseg_ops::mv_warp_backward_feature(d_hr, mv)
+// through the dispatcher (bilinear, zeros), so each device runs its own warp backward.
+at::Tensor creff_warp_backward_feature(const at::Tensor& d_hr, const at::Tensor& mv, double sx, double sy);
+
 // `grad` must match `like` in shape, dtype and device.
 void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name);
 

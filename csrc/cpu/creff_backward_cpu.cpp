@@ -16,7 +16,6 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -82,14 +81,6 @@ void resize_transpose_rows(const acc_t* lr_tx, const CreffParams& p, scalar_t* d
   });
 }
 
-at::Tensor warp_backward_feature(const at::Tensor& d_hr, const at::Tensor& mv, double sx, double sy) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("arseg_ops::mv_warp_backward_feature", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double,
-                                               c10::string_view, c10::string_view)>();
-  return op.call(d_hr, mv, sx, sy, "bilinear", "zeros");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> creff_backward_cpu(
     const at::Tensor& grad, const at::Tensor& key_feature, const at::Tensor& mv, const at::Tensor& lr_feature,
     const at::Tensor& weight, const at::Tensor& bias, int64_t kernel_size, double scale, double mv_scale_x,
@@ -145,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> creff_backward_cpu(
     resize_transpose_rows<scalar_t, acc_t>(lr_tx.const_data_ptr<acc_t>(), p, d_lr.mutable_data_ptr<scalar_t>(),
                                            strides_of(d_lr));
     lr_tx.reset();
-    const at::Tensor d = warp_backward_feature(d_hr, mv.to(acc), mv_scale_x, mv_scale_y);
+    const at::Tensor d = creff_warp_backward_feature(d_hr, mv.to(acc), mv_scale_x, mv_scale_y);
     d_key = d.scalar_type() == key_feature.scalar_type() ? d : d.to(key_feature.scalar_type());
   });
   return {d_key, d_lr, d_weight, d_bias};

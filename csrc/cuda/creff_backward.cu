@@ -44,6 +44,22 @@ struct QueryShared {
   acc_t wt[3][CC][10];
 };
 
+// A chunk of the query kernel: hr (and lr when with_lr) staged, then sh.kv = conv `conv` (1: k, 2: v) of hr on
+// the kv region. Bracketed by barriers: the previous chunk's reads are done before, the chunk is complete after.
+template <typename T, typename acc_t, int K>
+__device__ void stage_keys(QueryShared<acc_t, K>& sh, const CreffParams& p, const T* __restrict__ key,
+                           const T* __restrict__ lrf, const T* __restrict__ weight, const T* __restrict__ bias,
+                           int64_t n, int64_t c0, int y0, int x0, int conv, bool with_lr) {
+  using Sh = QueryShared<acc_t, K>;
+  __syncthreads();
+  gather_hr<T, acc_t, Sh::R + 1, Sh::CC>(sh.hr, sh.taps, p, key, n, c0);
+  if (with_lr) resize_lr<T, acc_t, 1, Sh::CC>(sh.lr, p, lrf, n, c0, y0, x0);
+  stage_weights<T, acc_t, Sh::CC>(sh.wt, p, weight, bias, c0);
+  __syncthreads();
+  conv_region<acc_t, Sh::R, Sh::CC>(sh.kv, sh.hr, sh.wt[conv], p, y0, x0);
+  __syncthreads();
+}
+
 template <typename T, int K>
 __global__ void __launch_bounds__(kThreads, 1)
     creff_backward_query_kernel(CreffParams p, LocalAttnParams ap, const T* __restrict__ grad,
@@ -67,13 +83,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int j = 0; j < KK; ++j) P[j] = acc_t(0);
     for (int64_t c0 = 0; c0 < p.C; c0 += CC) {
-      __syncthreads();  // taps staged / the previous chunk's reads done
-      gather_hr<T, acc_t, R + 1, CC>(sh.hr, sh.taps, p, key, n, c0);
-      resize_lr<T, acc_t, 1, CC>(sh.lr, p, lrf, n, c0, y0, x0);
-      stage_weights<T, acc_t, CC>(sh.wt, p, weight, bias, c0);
-      __syncthreads();
-      conv_region<acc_t, R, CC>(sh.kv, sh.hr, sh.wt[1], p, y0, x0);
-      __syncthreads();
+      stage_keys<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, 1, true);
 #pragma unroll
       for (int c = 0; c < CC; ++c) {
         const acc_t q = conv_own(sh.lr[c], sh.wt[0][c]);
@@ -88,12 +98,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < KK; ++j) D[j] = acc_t(0);
     acc_t delta = acc_t(0);
     for (int64_t c0 = 0; c0 < p.C; c0 += CC) {
-      __syncthreads();
-      gather_hr<T, acc_t, R + 1, CC>(sh.hr, sh.taps, p, key, n, c0);
-      stage_weights<T, acc_t, CC>(sh.wt, p, weight, bias, c0);
-      __syncthreads();
-      conv_region<acc_t, R, CC>(sh.kv, sh.hr, sh.wt[2], p, y0, x0);
-      __syncthreads();
+      stage_keys<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, 2, false);
 #pragma unroll
       for (int c = 0; c < CC; ++c) {
         const acc_t g = pp.active && c0 + c < p.C ? to_acc(grad[(n * p.C + c0 + c) * HW + pp.off]) : acc_t(0);
@@ -111,12 +116,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < KK; ++j) D[j] = P[j] * (D[j] - delta);  // dS: the gradient of the scaled logit
     // Pass 3 over k: dq = scale sum_j dS_j k_j.
     for (int64_t c0 = 0; c0 < p.C; c0 += CC) {
-      __syncthreads();
-      gather_hr<T, acc_t, R + 1, CC>(sh.hr, sh.taps, p, key, n, c0);
-      stage_weights<T, acc_t, CC>(sh.wt, p, weight, bias, c0);
-      __syncthreads();
-      conv_region<acc_t, R, CC>(sh.kv, sh.hr, sh.wt[1], p, y0, x0);
-      __syncthreads();
+      stage_keys<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, 1, false);
 #pragma unroll
       for (int c = 0; c < CC; ++c) {
         acc_t s = acc_t(0);
@@ -143,6 +143,22 @@ struct KeyShared {
   acc_t delta[Region<R>::PLANE];
   acc_t wt[3][CC][10];
 };
+
+// A chunk of the key kernel: lr (and hr when with_hr) staged, then sh.qg = q (conv 0 of lr) on the query
+// region. Barriers as stage_keys.
+template <typename T, typename acc_t, int K>
+__device__ void stage_queries(KeyShared<acc_t, K>& sh, const CreffParams& p, const T* __restrict__ key,
+                              const T* __restrict__ lrf, const T* __restrict__ weight, const T* __restrict__ bias,
+                              int64_t n, int64_t c0, int y0, int x0, bool with_hr) {
+  using Sh = KeyShared<acc_t, K>;
+  __syncthreads();
+  if (with_hr) gather_hr<T, acc_t, 1, Sh::CC>(sh.hr, sh.taps, p, key, n, c0);
+  resize_lr<T, acc_t, Sh::R + 1, Sh::CC>(sh.lr, p, lrf, n, c0, y0, x0);
+  stage_weights<T, acc_t, Sh::CC>(sh.wt, p, weight, bias, c0);
+  __syncthreads();
+  conv_region<acc_t, Sh::R, Sh::CC>(sh.qg, sh.lr, sh.wt[0], p, y0, x0);
+  __syncthreads();
+}
 
 template <typename T, int K>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -177,13 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int m = 0; m < KK; ++m) P[m] = acc_t(0);
     for (int64_t c0 = 0; c0 < p.C; c0 += CC) {
-      __syncthreads();
-      gather_hr<T, acc_t, 1, CC>(sh.hr, sh.taps, p, key, n, c0);
-      resize_lr<T, acc_t, R + 1, CC>(sh.lr, p, lrf, n, c0, y0, x0);
-      stage_weights<T, acc_t, CC>(sh.wt, p, weight, bias, c0);
-      __syncthreads();
-      conv_region<acc_t, R, CC>(sh.qg, sh.lr, sh.wt[0], p, y0, x0);
-      __syncthreads();
+      stage_queries<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, true);
 #pragma unroll
       for (int c = 0; c < CC; ++c) {
         const acc_t k = conv_own(sh.hr[c], sh.wt[1][c]);
@@ -223,12 +233,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int m = 0; m < KK; ++m) D[m] = P[m] * (D[m] - sh.delta[query_at(m)]);
     // Pass 3 over q: dk_j = scale sum_i dS_ij q_i.
     for (int64_t c0 = 0; c0 < p.C; c0 += CC) {
-      __syncthreads();
-      resize_lr<T, acc_t, R + 1, CC>(sh.lr, p, lrf, n, c0, y0, x0);
-      stage_weights<T, acc_t, CC>(sh.wt, p, weight, bias, c0);
-      __syncthreads();
-      conv_region<acc_t, R, CC>(sh.qg, sh.lr, sh.wt[0], p, y0, x0);
-      __syncthreads();
+      stage_queries<T, acc_t, K>(sh, p, key, lrf, weight, bias, n, c0, y0, x0, false);
 #pragma unroll
       for (int c = 0; c < CC; ++c) {
         acc_t s = acc_t(0);

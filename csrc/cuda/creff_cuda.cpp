@@ -17,6 +17,7 @@ void check_creff_args(const at::Tensor& key_feature, const at::Tensor& mv, const
                       double mv_scale_x, double mv_scale_y);
 bool creff_output_channels_last(const at::Tensor& key_feature);
 void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name);
+at::Tensor creff_warp_backward_feature(const at::Tensor& d_hr, const at::Tensor& mv, double sx, double sy);
 
 namespace {
 
@@ -36,14 +37,6 @@ at::Tensor call_local_attn(const at::Tensor& q, const at::Tensor& k, const at::T
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double,
                             c10::string_view)>();
   return op.call(q, k, v, kernel_size, scale, "zeros");
-}
-
-at::Tensor call_mv_warp_backward_feature(const at::Tensor& grad, const at::Tensor& mv, double sx, double sy) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("arseg_ops::mv_warp_backward_feature", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double,
-                                               c10::string_view, c10::string_view)>();
-  return op.call(grad, mv, sx, sy, "bilinear", "zeros");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_local_attn_backward(const at::Tensor& grad, const at::Tensor& q,
@@ -151,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> creff_backward_compos
   const auto [d_lr_q, dw_q, db_q] = dwconv_backward(dq, lr, 0);
   const auto [d_hr_k, dw_k, db_k] = dwconv_backward(dk, hr, 1);
   const auto [d_hr_v, dw_v, db_v] = dwconv_backward(dv, hr, 2);
-  const at::Tensor d_key = call_mv_warp_backward_feature((d_hr_k + d_hr_v).contiguous(), mv, sx, sy);
+  const at::Tensor d_key = creff_warp_backward_feature((d_hr_k + d_hr_v).contiguous(), mv, sx, sy);
   const at::Tensor d_lr = resize_transpose(grad + d_lr_q, lr_feature);
   return {d_key, d_lr, at::stack({dw_q, dw_k, dw_v}), at::stack({db_q, db_k, db_v})};
 }
@@ -198,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> creff_backward_cuda(
                                             ws.data_ptr(), stream),
                        "creff_backward");
   });
-  const at::Tensor d_key = call_mv_warp_backward_feature(d_hr, m, mv_scale_x, mv_scale_y);
+  const at::Tensor d_key = creff_warp_backward_feature(d_hr, m, mv_scale_x, mv_scale_y);
   return {like(d_key, key_feature), like(resize_transpose(d_lr, lr_feature), lr_feature), d_w, d_b};
 }
 
