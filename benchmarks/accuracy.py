@@ -55,6 +55,8 @@ def main():
     p.add_argument("--creff-lr-mult", type=float, default=10.0, help="CReFF learning rate / --lr (AR)")
     p.add_argument("--creff-init", choices=("default", "identity"), default="default")
     p.add_argument("--fst-weight", type=float, default=1.0)
+    p.add_argument("--position-bias", action="store_true",
+                   help="CReFF with a learned relative-position bias of the logits (train --creff-position-bias)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true",
@@ -84,6 +86,7 @@ def main():
         if stage == "ar":
             extra += ["--kernel-size", args.kernel_size, "--creff-lr-mult", args.creff_lr_mult, "--creff-init",
                       args.creff_init, "--fst-weight", args.fst_weight]
+            extra += ["--creff-position-bias"] if args.position_bias else []
         _run(["train"] + train + ["--stage", stage, "--out", out, "--max-steps", steps] + extra)
         times[stage] = time.perf_counter() - t
     t = time.perf_counter()

@@ -26,13 +26,14 @@ BACKBONES = {
 }
 
 
-def build_networks(backbone, num_classes=12, kernel_size=7, *, fused=True):
-    """(HR network, LR network with CReFF) for backbone "psp18" | "bisenet18", without training-only heads.
-    fused: CReFF as one arseg_ops.creff call (True) or op by op (False)."""
+def build_networks(backbone, num_classes=12, kernel_size=7, *, fused=True, position_bias=False):
+    """(HR network, LR network with CReFF) for backbone "psp18" | "bisenet18" | "tiny", without training-only
+    heads. fused: CReFF as one arseg_ops.creff call (True) or op by op (False); position_bias: CReFF with a
+    learned relative-position bias of its attention logits (see CReFF; runs op by op)."""
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     hr_cls, lr_cls = BACKBONES[backbone]
-    return hr_cls(num_classes), lr_cls(num_classes, kernel_size, fused=fused)
+    return hr_cls(num_classes), lr_cls(num_classes, kernel_size, fused=fused, position_bias=position_bias)
 
 
 class ARSeg(nn.Module):
@@ -42,6 +43,8 @@ class ARSeg(nn.Module):
     fused=True (default): the non-keyframe hands the cached feature and the motion to CReFF, which warps, resizes
     and fuses in one arseg_ops.creff call; fused=False runs the unfused chain (mv_warp, resize, convs,
     local_attn). Parameters and checkpoints are the same either way.
+    position_bias: CReFF with a learned relative-position bias of its attention logits (models.CReFF; off in the
+    release's networks, needed for a 7x7 window to learn on the synthetic task; it runs the CReFF op by op).
     block_size: the motion grid's cell in image pixels (arseg_ops.video.open's block_size, 4 by default):
     non_keyframe then requires the grid that tiles the image, (ceil(H / block_size), ceil(W / block_size)), so a
     field from another block size or image size is an error rather than silently stretched over the image.
@@ -49,7 +52,7 @@ class ARSeg(nn.Module):
     """
 
     def __init__(self, backbone="psp18", num_classes=12, scale=0.5, kernel_size=7, *,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, fused=True, block_size=4):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, fused=True, block_size=4, position_bias=False):
         super().__init__()
         if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
             raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
@@ -59,7 +62,8 @@ class ARSeg(nn.Module):
         self.block_size = block_size
         self.backbone = backbone
         self.scale = float(scale)
-        self.hr_net, self.lr_net = build_networks(backbone, num_classes, kernel_size, fused=fused)
+        self.hr_net, self.lr_net = build_networks(backbone, num_classes, kernel_size, fused=fused,
+                                                  position_bias=position_bias)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._key_feature = None

@@ -146,6 +146,6 @@ class BiSeNet18(SegNet):
 class BiSeNet18WithCReFF(BiSeNet18):
     """The release's LR network (`BiSeNetV1WithFuse`): CReFF on the `conv_out.conv` output."""
 
-    def __init__(self, num_classes=12, kernel_size=7, *, aux_heads=False, fused=True):
+    def __init__(self, num_classes=12, kernel_size=7, *, aux_heads=False, fused=True, position_bias=False):
         super().__init__(num_classes, aux_heads=aux_heads)
-        self._add_creff(kernel_size, fused)
+        self._add_creff(kernel_size, fused, position_bias)

@@ -1,4 +1,6 @@
 """CReFF: the warp-free part of AR-Seg's cross-resolution feature fusion (the release's `fuse_attention`)."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,9 +25,18 @@ class CReFF(nn.Module):
 
     fused=True (default) runs all of it as one arseg_ops.creff call, which never materializes hr, lr_up, q, k or
     v; fused=False runs the op-by-op chain. Same parameters (names and shapes) either way.
+
+    position_bias=True (not in the paper) adds a learned relative-position bias to the attention logits,
+    b(dx, dy) = sum_f a[0, f] cos(w_f dx) + a[1, f] cos(w_f dy), w_f = pi f / (r + 1), f = 1..r = kernel_size // 2
+    (parameter `position_bias`, a = 0 at init: the softmax starts as without it). A content-only dot product
+    cannot tell the aligned neighbour from the other 48 of a 7x7 window (measured: the centre won 2-5% of the
+    time), so a 7x7 window blurred the HR feature; with the bias it learns to weigh the window by offset
+    (benchmarks/RESULTS.md, accuracy). It is computed exactly as extra channels of q and k (cos / sin of the pixel
+    position, whose dot products are cos(w_f * offset)), so this runs the op-by-op chain (local_attn), not the
+    fused op; taps outside the image keep logit 0 (zero padding), as without it.
     """
 
-    def __init__(self, channels, kernel_size=7, *, fused=True):
+    def __init__(self, channels, kernel_size=7, *, fused=True, position_bias=False):
         super().__init__()
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"CReFF: channels must be a positive int, got {channels!r}")
@@ -36,6 +47,10 @@ class CReFF(nn.Module):
         self.lr_query_conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
         self.hr_key_conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
         self.hr_value_conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.position_bias = None
+        if position_bias:
+            # amplitude a[axis, f] of cos(w_f * offset) added to the logits, w_f = pi f / (r + 1), f = 1..r
+            self.position_bias = nn.Parameter(torch.zeros(2, kernel_size // 2))
 
     def qkv_weight_bias(self):
         """The three depthwise convs as arseg_ops.creff takes them: weight (3, C, 1, 3, 3), bias (3, C)."""
@@ -50,7 +65,7 @@ class CReFF(nn.Module):
             )
         size = tuple(hr_feature.shape[-2:])
         fits = lr_feat.shape[-2] <= size[0] and lr_feat.shape[-1] <= size[1]  # the fused op only resizes up
-        if self.fused and fits:
+        if self.fused and fits and self.position_bias is None:
             if mv is None:  # already warped: zero motion is the exact identity warp
                 mv = hr_feature.new_zeros(hr_feature.shape[0], 2, 1, 1)
             weight, bias = self.qkv_weight_bias()
@@ -61,4 +76,24 @@ class CReFF(nn.Module):
         q = self.lr_query_conv(lr_up)
         k = self.hr_key_conv(hr)
         v = self.hr_value_conv(hr)
+        if self.position_bias is not None:
+            qp, kp = self.position_channels(q)
+            q, k = torch.cat([q, qp], 1), torch.cat([k, kp], 1)
         return lr_up + arseg_ops.local_attn(q, k, v, self.kernel_size)
+
+    def position_channels(self, like):
+        """(q part, k part), each (N, 4r, H, W): their dot product at offset (dx, dy) of the window is
+        sum_f a[0, f] cos(w_f dx) + a[1, f] cos(w_f dy), a learned relative-position bias of the logits."""
+        n, _, h, w = like.shape
+        r = self.kernel_size // 2
+        freq = torch.arange(1, r + 1, dtype=like.dtype, device=like.device) * (math.pi / (r + 1))
+        parts_q, parts_k = [], []
+        for axis, length in ((0, w), (1, h)):
+            pos = torch.arange(length, dtype=like.dtype, device=like.device)
+            ang = freq[:, None] * pos[None, :]  # (r, length)
+            code = torch.cat([ang.cos(), ang.sin()], 0)  # (2r, length)
+            amp = self.position_bias[axis].repeat(2)[:, None]
+            shape = (1, 2 * r, 1, w) if axis == 0 else (1, 2 * r, h, 1)
+            parts_k.append(code.view(shape).expand(n, 2 * r, h, w))
+            parts_q.append((amp * code).view(shape).expand(n, 2 * r, h, w))
+        return torch.cat(parts_q, 1), torch.cat(parts_k, 1)

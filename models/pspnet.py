@@ -141,6 +141,6 @@ class PSPNet18(SegNet):
 class PSPNet18WithCReFF(PSPNet18):
     """The release's LR network (`PSPNetWithFuse`): PSPNet18 + `fuse_attention` (CReFF) right before final_conv."""
 
-    def __init__(self, num_classes=12, kernel_size=7, *, aux_heads=False, fused=True):
+    def __init__(self, num_classes=12, kernel_size=7, *, aux_heads=False, fused=True, position_bias=False):
         super().__init__(num_classes, aux_heads=aux_heads)
-        self._add_creff(kernel_size, fused)
+        self._add_creff(kernel_size, fused, position_bias)

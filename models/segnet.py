@@ -21,8 +21,8 @@ class SegNet(nn.Module):
         self.aux_heads = bool(aux_heads)
         self.fuse_attention = None
 
-    def _add_creff(self, kernel_size, fused=True):
-        self.fuse_attention = CReFF(self.feature_channels, kernel_size, fused=fused)
+    def _add_creff(self, kernel_size, fused=True, position_bias=False):
+        self.fuse_attention = CReFF(self.feature_channels, kernel_size, fused=fused, position_bias=position_bias)
 
     # -- implemented by subclasses --
     def _backbone(self, x):

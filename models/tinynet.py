@@ -52,6 +52,6 @@ class TinyNet(SegNet):
 class TinyNetWithCReFF(TinyNet):
     """TinyNet + CReFF (`fuse_attention`) before final_conv, as PSPNet18WithCReFF."""
 
-    def __init__(self, num_classes=12, kernel_size=7, *, aux_heads=False, fused=True):
+    def __init__(self, num_classes=12, kernel_size=7, *, aux_heads=False, fused=True, position_bias=False):
         super().__init__(num_classes, aux_heads=aux_heads)
-        self._add_creff(kernel_size, fused)
+        self._add_creff(kernel_size, fused, position_bias)

@@ -425,3 +425,33 @@ def test_readme_networks_snippet_runs_as_written(tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert len(namespace["class_maps"]) == 3 and namespace["class_maps"][0].shape == (32, 48)
     assert namespace["logits"].shape == (1, 12, 32, 48)
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_creff_position_bias_adds_a_relative_bias_to_the_logits(k):
+    """CReFF(position_bias=True): logit(p, p + (dx, dy)) = <q_p, k_{p+d}> + sum_f a[0, f] cos(w_f dx) +
+    a[1, f] cos(w_f dy), w_f = pi f / (r + 1); taps outside the image keep logit 0 and value 0 (zero padding)."""
+    torch.manual_seed(0)
+    c, h, w, r = 5, 9, 11, k // 2
+    creff = models.CReFF(c, k, position_bias=True).double()
+    with torch.no_grad():
+        creff.position_bias.normal_()
+    hr, lr = torch.randn(2, c, h, w, dtype=torch.float64), torch.randn(2, c, 5, 6, dtype=torch.float64)
+    out = creff(hr, lr)
+    lr_up = F.interpolate(lr, size=(h, w), mode="bilinear", align_corners=True)
+    q, kk, v = creff.lr_query_conv(lr_up), creff.hr_key_conv(hr), creff.hr_value_conv(hr)
+    keys = F.unfold(kk, k, padding=r).view(2, c, k * k, h, w)
+    values = F.unfold(v, k, padding=r).view(2, c, k * k, h, w)
+    inside = F.unfold(torch.ones(1, 1, h, w, dtype=torch.float64), k, padding=r).view(1, k * k, h, w)
+    freq = torch.arange(1, r + 1, dtype=torch.float64) * math.pi / (r + 1)
+    offsets = torch.arange(-r, r + 1, dtype=torch.float64)
+    a = creff.position_bias.detach()
+    bx = (a[0, :, None] * torch.cos(freq[:, None] * offsets)).sum(0)  # (k,) over dx
+    by = (a[1, :, None] * torch.cos(freq[:, None] * offsets)).sum(0)  # (k,) over dy
+    bias = (by[:, None] + bx[None, :]).reshape(1, k * k, 1, 1)  # unfold order: dy major, dx minor
+    logits = ((q[:, :, None] * keys).sum(1) + bias) * inside
+    expected = lr_up + (logits.softmax(1)[:, None] * values).sum(2)
+    torch.testing.assert_close(out, expected)
+    assert not creff.fused or creff.position_bias is not None  # the fused op has no bias: the chain runs
+    out.sum().backward()
+    assert creff.position_bias.grad is not None and creff.position_bias.grad.abs().sum() > 0

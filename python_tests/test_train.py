@@ -90,6 +90,29 @@ def test_ar_stage_fst_step(dataset, tmp_path, no_fusion_epochs, creff_init):
     torch.testing.assert_close(trainer.teacher.state_dict()["stem.0.weight"], hr_weights["stem.0.weight"])
 
 
+def test_ar_stage_with_position_bias_round_trips(dataset, tmp_path):
+    """--creff-position-bias: CReFF's relative-position bias trains (at CReFF's learning rate), the checkpoint
+    records it, and arseg_from_checkpoint (eval, segment) rebuilds the network with it."""
+    hr = loop.run(_train_args(dataset, tmp_path / "hr", "--stage", "hr", "--max-steps", "1"))
+    args = _train_args(dataset, tmp_path / "ar", "--stage", "ar", "--hr-checkpoint", str(hr), "--max-steps", "2",
+                       "--kernel-size", "5", "--creff-position-bias", "--creff-lr-mult", "10")
+    trainer = loop.Trainer(args)
+    bias = trainer.net.fuse_attention.position_bias
+    assert bias.shape == (2, 2) and not bias.any()
+    assert any(g["lr"] == pytest.approx(1e-2) and any(p is bias for p in g["params"])
+               for g in trainer.optimizer.param_groups)
+    path = trainer.train()
+    assert bias.abs().sum() > 0  # it learnt
+    ckpt = nets.load_checkpoint(str(path))
+    assert ckpt["position_bias"] is True
+    model, _ = nets.arseg_from_checkpoint(str(path))
+    torch.testing.assert_close(model.lr_net.fuse_attention.position_bias, bias.detach())
+    # without the flag: no bias, and the checkpoint says so
+    plain = loop.Trainer(_train_args(dataset, tmp_path / "ar2", "--stage", "ar", "--hr-checkpoint", str(hr),
+                                     "--max-steps", "1"))
+    assert plain.net.fuse_attention.position_bias is None and plain.state()["position_bias"] is False
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -214,6 +214,10 @@ def register(subparsers):
     p.add_argument("--creff-init", choices=("default", "identity"), default="default",
                    help="stage ar: CReFF's q/k/v convs start with PyTorch's random init (default, as the release) "
                         "or all three as identities (centre tap 1, bias 0)")
+    p.add_argument("--creff-position-bias", action="store_true",
+                   help="stage ar: CReFF learns a relative-position bias of its attention logits (not in the paper; "
+                        "what lets a 7x7 window learn on the synthetic task, see benchmarks/RESULTS.md; CReFF then "
+                        "runs op by op, not as the fused op); the checkpoint records it")
     p.add_argument("--crop", type=_training_size, help="training crop HxW (default: the frame size)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5), metavar=("MIN", "MAX"),
                    help="random rescale of each training pair (image, label and motion together)")

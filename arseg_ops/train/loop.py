@@ -106,7 +106,7 @@ class Trainer:
                              f"{args.batch_size}")
         hr_state = nets.hr_weights(args.hr_checkpoint) if args.hr_checkpoint else None
         net, self.teacher = nets.build_stage(args.stage, args.backbone, args.num_classes, args.kernel_size, hr_state,
-                                             args.creff_init)
+                                             args.creff_init, args.creff_position_bias)
         self.net = net.to(self.dist.device)
         if self.teacher is not None:
             self.teacher.to(self.dist.device)
@@ -139,7 +139,7 @@ class Trainer:
     def state(self):
         payload = {"stage": self.args.stage, "backbone": self.args.backbone, "num_classes": self.args.num_classes,
                    "kernel_size": self.args.kernel_size, "scale": self.args.scale, "length": self.args.length,
-                   "block_size": self.args.block_size,
+                   "block_size": self.args.block_size, "position_bias": self.args.creff_position_bias,
                    "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
                    "args": _plain_args(self.args)}

@@ -32,15 +32,17 @@ def init_creff_identity(creff):
             conv.bias.zero_()
 
 
-def build_stage(stage, backbone, num_classes, kernel_size=7, hr_state=None, creff_init="default"):
+def build_stage(stage, backbone, num_classes, kernel_size=7, hr_state=None, creff_init="default",
+                position_bias=False):
     """(trained network, frozen HR network or None). For "lr"/"ar", hr_state (an HR state_dict) initialises
     the trained network; "ar" needs it (the frozen teacher and the shared classifier). creff_init: "default"
-    (PyTorch's, as the release) or "identity" (init_creff_identity)."""
+    (PyTorch's, as the release) or "identity" (init_creff_identity). position_bias: CReFF's learned
+    relative-position bias of the logits (models.CReFF)."""
     if creff_init not in ("identity", "default"):
         raise ValueError(f"creff_init must be 'identity' or 'default', got {creff_init!r}")
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    hr_net, lr_net = build_networks(backbone, num_classes, kernel_size)
+    hr_net, lr_net = build_networks(backbone, num_classes, kernel_size, position_bias=position_bias)
     if stage == "hr":
         return hr_net, None
     if hr_state is not None:
@@ -116,7 +118,8 @@ def arseg_from_checkpoint(path, block_size=None):
                          "(it holds the LR network with CReFF and the HR network; a stage 'lr' network, the LR-only "
                          "baseline, goes to `arseg eval --lr-checkpoint`)")
     model = ARSeg(ckpt["backbone"], ckpt["num_classes"], ckpt["scale"], ckpt["kernel_size"],
-                  block_size=block_size or ckpt.get("block_size", 4))
+                  block_size=block_size or ckpt.get("block_size", 4),
+                  position_bias=ckpt.get("position_bias", False))  # older checkpoints: none
     model.hr_net.load_state_dict(ckpt["hr_model"])
     model.lr_net.load_state_dict(ckpt["model"])
     return model, ckpt
