@@ -9,13 +9,13 @@ protocol (`arseg eval`: every labelled val frame at every keyframe distance d = 
 the time taken; `--json` also writes it. The defaults take about 5 minutes single-threaded (a shared 2-core
 machine, 2026-11-26).
 
-Settings of the AR stage, and why (each measured on this task, see the training section of the README):
-CReFF starts from PyTorch's init (the release's; the identity init learnt less), its parameters train at 10x
-the learning rate (`--creff-lr-mult`: they start from scratch while the rest starts from the HR weights), and
-its attention window is 3x3 (`--kernel-size`; the library default is the paper's 7): the codec motion of this
-task's panning scenes is exact to about a pixel, and a content-based dot-product attention over 49 neighbours
-did not learn to single out the aligned one in a few hundred CPU steps (it stayed nearly uniform, blurring the
-1-px structures the HR feature carries). Runs single-threaded by default (`--threads`): on a shared 2-core
+Settings of the AR stage, and why (each measured on this task, benchmarks/RESULTS.md "Accuracy"): the paper's
+7x7 window (`--kernel-size`) with CReFF's learned relative-position bias of the logits (`--position-bias`, on by
+default here; `--no-position-bias` for the release's CReFF): without it a content-only dot product over 49
+neighbours did not learn to single out the aligned one (the centre won 2-5% of the time) and blurred the 1-px
+structures the warped HR feature carries; with it the centre wins ~93% of the time. q, k, v start as identities
+(`--creff-init identity`) and CReFF trains at 10x the learning rate (`--creff-lr-mult`: it starts from scratch
+while the rest starts from the HR weights). Runs single-threaded by default (`--threads`): on a shared 2-core
 machine two OpenMP threads per process made training many times slower.
 """
 import argparse
@@ -51,11 +51,11 @@ def main():
     p.add_argument("--steps", type=int, default=800, help="steps of the LR-only and the AR stage each")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--kernel-size", type=int, default=3, help="CReFF attention window (AR)")
+    p.add_argument("--kernel-size", type=int, default=7, help="CReFF attention window (AR)")
     p.add_argument("--creff-lr-mult", type=float, default=10.0, help="CReFF learning rate / --lr (AR)")
-    p.add_argument("--creff-init", choices=("default", "identity"), default="default")
+    p.add_argument("--creff-init", choices=("default", "identity"), default="identity")
     p.add_argument("--fst-weight", type=float, default=1.0)
-    p.add_argument("--position-bias", action="store_true",
+    p.add_argument("--position-bias", action=argparse.BooleanOptionalAction, default=True,
                    help="CReFF with a learned relative-position bias of the logits (train --creff-position-bias)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
     p.add_argument("--seed", type=int, default=0)

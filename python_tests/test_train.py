@@ -485,4 +485,5 @@ def test_accuracy_benchmark_runs_end_to_end(tmp_path):
     assert set(result["seconds"]) == {"hr", "lr", "ar", "eval"}
     assert len(result["result"]["distances"]) == 4 and 0 <= result["result"]["lr_only"] <= 1
     ar_args = nets.load_checkpoint(str(tmp_path / "work" / "ar" / "last.pt"))["args"]
-    assert ar_args["kernel_size"] == 3 and ar_args["creff_lr_mult"] == 10 and ar_args["creff_init"] == "default"
+    assert ar_args["kernel_size"] == 7 and ar_args["creff_lr_mult"] == 10 and ar_args["creff_init"] == "identity"
+    assert ar_args["creff_position_bias"] is True
