@@ -176,8 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> creff_backward_cuda(
   }
   const at::Tensor g = grad.contiguous(), f = key_feature.contiguous(), m = mv.contiguous(),
                    l = lr_feature.contiguous(), w = weight.contiguous(), b = bias.contiguous();
-  at::Tensor d_hr = at::empty_like(f), d_lr = at::empty_like(f);
-  at::Tensor d_w = at::empty_like(w), d_b = at::empty_like(b);
+  // new_output: poisoned under tests, so an element the kernels forget to write shows up on a GPU run too
+  at::Tensor d_hr = new_output(f.sizes(), f.options()), d_lr = new_output(f.sizes(), f.options());
+  at::Tensor d_w = new_output(w.sizes(), w.options()), d_b = new_output(b.sizes(), b.options());
   const bool float64 = f.scalar_type() == at::kDouble;
   at::Tensor ws = at::empty({static_cast<int64_t>(cuda::creff_backward_workspace_bytes(p, float64))},
                             f.options().dtype(at::kByte));
