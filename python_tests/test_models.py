@@ -362,11 +362,15 @@ def test_flop_counter_counts_local_attention_and_warp():
     assert counter.get_total_flops() == total
 
 
-def test_lr_branch_compiles():
+@pytest.mark.parametrize("position_bias", [False, True])
+def test_lr_branch_compiles(position_bias):
     # backend="aot_eager" traces the full graph (fake kernels, autograd formulas) in ~3 s; "inductor" works too
     # but takes ~40 s to compile on a 2-core CI machine.
     torch._dynamo.reset()
-    net = models.BiSeNet18WithCReFF(12, 7).eval()
+    net = models.BiSeNet18WithCReFF(12, 7, position_bias=position_bias).eval()
+    if position_bias:
+        with torch.no_grad():
+            net.fuse_attention.position_bias.normal_()
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
     x, hr = torch.randn(1, 3, 32, 32), torch.randn(1, 256, 8, 8, requires_grad=True)
     out = compiled(x, hr, out_size=(64, 64))
