@@ -86,14 +86,17 @@ class CReFF(nn.Module):
         sum_f a[0, f] cos(w_f dx) + a[1, f] cos(w_f dy), a learned relative-position bias of the logits."""
         n, _, h, w = like.shape
         r = self.kernel_size // 2
-        freq = torch.arange(1, r + 1, dtype=like.dtype, device=like.device) * (math.pi / (r + 1))
+        freq = torch.arange(1, r + 1, device=like.device)
         parts_q, parts_k = [], []
         for axis, length in ((0, w), (1, h)):
-            pos = torch.arange(length, dtype=like.dtype, device=like.device)
-            ang = freq[:, None] * pos[None, :]  # (r, length)
+            pos = torch.arange(length, device=like.device)
+            # angle w_f * pos reduced mod 2 pi in integers ((f pos) mod 2(r + 1)), then float32: exact phases at
+            # any image size, also when `like` is bfloat16 / float16 (which cannot even hold pixel indices > 256)
+            phase = (freq[:, None] * pos[None, :]) % (2 * (r + 1))
+            ang = phase.to(torch.float32 if like.dtype != torch.float64 else torch.float64) * (math.pi / (r + 1))
             code = torch.cat([ang.cos(), ang.sin()], 0)  # (2r, length)
-            amp = self.position_bias[axis].repeat(2)[:, None]
+            amp = self.position_bias[axis].repeat(2)[:, None].to(code.dtype)
             shape = (1, 2 * r, 1, w) if axis == 0 else (1, 2 * r, h, 1)
-            parts_k.append(code.view(shape).expand(n, 2 * r, h, w))
-            parts_q.append((amp * code).view(shape).expand(n, 2 * r, h, w))
+            parts_k.append(code.to(like.dtype).view(shape).expand(n, 2 * r, h, w))
+            parts_q.append((amp * code).to(like.dtype).view(shape).expand(n, 2 * r, h, w))
         return torch.cat(parts_q, 1), torch.cat(parts_k, 1)

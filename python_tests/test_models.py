@@ -459,3 +459,22 @@ def test_creff_position_bias_adds_a_relative_bias_to_the_logits(k):
     assert not creff.fused or creff.position_bias is not None  # the fused op has no bias: the chain runs
     out.sum().backward()
     assert creff.position_bias.grad is not None and creff.position_bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+def test_creff_position_bias_is_relative_at_any_position_and_dtype(dtype, tol):
+    """The position channels' dot product depends on the offset only, also 2000 pixels in (phases are reduced
+    in integers, then cast: bfloat16 cannot hold pixel indices above 256)."""
+    torch.manual_seed(0)
+    creff = models.CReFF(4, 7, position_bias=True)
+    with torch.no_grad():
+        creff.position_bias.normal_()
+    q_part, k_part = creff.position_channels(torch.zeros(1, 4, 3, 2048, dtype=dtype))
+    assert q_part.dtype == k_part.dtype == dtype and q_part.shape == (1, 12, 3, 2048)
+    r, a = 3, creff.position_bias.detach().double()
+    freq = torch.arange(1, r + 1, dtype=torch.float64) * math.pi / (r + 1)
+    for x in (3, 700, 2040):
+        for dx in range(-3, 4):
+            got = (q_part[0, :, 1, x].double() * k_part[0, :, 1, x + dx].double()).sum()
+            expected = (a[0] * torch.cos(freq * dx)).sum() + a[1].sum()  # dy = 0
+            assert abs(got - expected) <= tol * (1 + a.abs().sum()), (x, dx, got, expected)
