@@ -13,7 +13,7 @@ Settings of the AR stage, and why (each measured on this task, benchmarks/RESULT
 7x7 window (`--kernel-size`) with CReFF's learned relative-position bias of the logits (`--position-bias`, on by
 default here; `--no-position-bias` for the release's CReFF): without it a content-only dot product over 49
 neighbours did not learn to single out the aligned one (the centre won 2-5% of the time) and blurred the 1-px
-structures the warped HR feature carries; with it the centre wins ~93% of the time. q, k, v start as identities
+structures the warped HR feature carries; with it the centre wins at 89-94% of the pixels. q, k, v start as identities
 (`--creff-init identity`) and CReFF trains at 10x the learning rate (`--creff-lr-mult`: it starts from scratch
 while the rest starts from the HR weights). Runs single-threaded by default (`--threads`): on a shared 2-core
 machine two OpenMP threads per process made training many times slower.

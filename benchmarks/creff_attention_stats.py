@@ -4,9 +4,9 @@
 
 WORK_DIR is an accuracy.py --dir (it holds data/manifest.csv and TAG/last.pt). While `arseg eval` runs the
 checkpoint, every CReFF call also computes its k x k softmax (the reference math: unfold, dot products, no
-scale, plus CReFF's position bias when it has one) and records, averaged over all pixels of all val frames: the largest weight, the entropy over
-log(k*k) (1 = uniform), how often the aligned neighbour (the window centre) has the largest weight, and the
-spread of the logits. Prints one JSON line. A diagnostic: it explains accuracy numbers, it is not one.
+scale, plus CReFF's position bias when it has one) and records, averaged over all pixels of all val frames:
+the largest weight, the entropy over log(k*k) (1 = uniform), how often the aligned neighbour (the window
+centre) has the largest weight, and the spread of the logits. Prints one JSON line. A diagnostic: it explains accuracy numbers, it is not one.
 """
 import argparse
 import json
@@ -28,9 +28,7 @@ def window_stats(module, hr_feature, lr_feature, mv, mv_scale, kernel_size):
         hr = hr_feature if mv is None else arseg_ops.mv_warp(hr_feature, mv.to(hr_feature.dtype), scale=mv_scale)
         q = module.lr_query_conv(creff_module.resize_ac(lr_feature, hr.shape[-2:]))
         k = module.hr_key_conv(hr)
-        if module.position_bias is not None:  # the learned relative-position bias as CReFF adds it
-            qp, kp = module.position_channels(q)
-            q, k = torch.cat([q, qp], 1), torch.cat([k, kp], 1)
+        q, k = module.with_position_channels(q, k)  # CReFF's learned position bias, when it has one
         n, c, h, w = q.shape
         keys = F.unfold(k, kernel_size, padding=kernel_size // 2).view(n, c, kernel_size ** 2, h, w)
         logits = (q.unsqueeze(2) * keys).sum(1)

@@ -76,10 +76,16 @@ class CReFF(nn.Module):
         q = self.lr_query_conv(lr_up)
         k = self.hr_key_conv(hr)
         v = self.hr_value_conv(hr)
-        if self.position_bias is not None:
-            qp, kp = self.position_channels(q)
-            q, k = torch.cat([q, qp], 1), torch.cat([k, kp], 1)
+        q, k = self.with_position_channels(q, k)
         return lr_up + arseg_ops.local_attn(q, k, v, self.kernel_size)
+
+    def with_position_channels(self, q, k):
+        """(q, k) as local_attn takes them: unchanged without a position bias, else each with its 4r position
+        channels appended (see position_channels)."""
+        if self.position_bias is None:
+            return q, k
+        q_part, k_part = self.position_channels(q)
+        return torch.cat([q, q_part], 1), torch.cat([k, k_part], 1)
 
     def position_channels(self, like):
         """(q part, k part), each (N, 4r, H, W): their dot product at offset (dx, dy) of the window is
