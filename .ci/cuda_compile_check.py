@@ -154,6 +154,9 @@ def main():
     ap.add_argument("--frontend-only", action="store_true", help="nvcc -cuda only (no ptxas, no baseline)")
     ap.add_argument("--update-baseline", action="store_true", help="write the ptxas table as the new baseline")
     ap.add_argument("--no-glue", action="store_true", help="skip the g++ syntax check of csrc/cuda/*.cpp")
+    ap.add_argument("--only", action="append", default=[],
+                    help="compile only the .cu files whose name contains this (repeatable; a quick check while "
+                         "working on one file: the other files' kernels are not compared)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", os.cpu_count() or 2)))
     args = ap.parse_args()
     nvcc = find_nvcc()
@@ -167,7 +170,7 @@ def main():
     flags = load_build_flags().full_nvcc_flags(args.archs) + ["-Icsrc", "-Icsrc/cuda"]
     print("cuda_compile_check: %s, flags: %s" % (nvcc, " ".join(flags)))
     sources = sorted(os.path.join("csrc", "cuda", f) for f in os.listdir(os.path.join(ROOT, "csrc", "cuda"))
-                     if f.endswith(".cu"))
+                     if f.endswith(".cu") and (not args.only or any(o in f for o in args.only)))
     failed, table = 0, {}
     with tempfile.TemporaryDirectory() as out_dir, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         jobs = [pool.submit(compile_one, nvcc, flags, s, out_dir, args.frontend_only) for s in sources]
@@ -190,10 +193,14 @@ def main():
         spilling = sorted((a, n) for (a, n), v in table.items() if v[1] or v[2])
         print("cuda_compile_check: %d kernels x archs, %d with register spills" % (len(table), len(spilling)))
         if args.update_baseline:
-            write_baseline(table)
+            # With --only, the other files' kernels keep their baseline rows.
+            write_baseline({**read_baseline(), **table} if args.only else table)
             print("cuda_compile_check: baseline written to %s" % os.path.relpath(BASELINE, ROOT))
         else:
-            lines, worse = compare(table, read_baseline())
+            baseline = read_baseline()
+            if args.only:  # kernels of the files not compiled are not "gone"
+                baseline = {k: v for k, v in baseline.items() if k in table}
+            lines, worse = compare(table, baseline)
             print("\n".join(lines) if lines else "  registers and spills equal to the baseline for every kernel")
             if worse:
                 print("cuda_compile_check: FAILED: %d kernels use more registers or spill more than %s"

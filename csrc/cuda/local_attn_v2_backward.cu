@@ -102,6 +102,55 @@ __device__ __forceinline__ void finish_part(float (&P)[G::NT][4], float (&D)[PAR
   }
 }
 
+// Both kernels stage the same phases (see the top of the file), from different tensors:
+//   [0, nC)                   rows a0 and halo b0, chunk s                        (S, or S^T)
+//   [nC, nC + n1)             key kernel: halo b1 only, chunk s - nC                (dv)
+//                             query kernel (b1 null): rows a2 and halo b2, as below (the O pass)
+//   then SPLIT nV steps       rows a2 and halo b2, chunk d mod nV                 (dP or dP^T, part by part)
+//   then nC steps             halo b3                                             (dq, or dk)
+// (The query kernel's O pass and dP parts are one range with one chunk formula: split in two branches, ptxas
+// spills more at K = 11.)
+template <typename T>
+struct BwdStaging {
+  const Img<T>& a0;
+  const Img<T>& b0;
+  const Img<T>* b1;
+  const Img<T>& a2;
+  const Img<T>& b2;
+  const Img<T>& b3;
+  int nC, nV, n1;  // channel chunks of q and k, of v and dO; steps of phase 1
+};
+
+template <class G, int SPLIT, typename T>
+__device__ __forceinline__ void stage_backward(const BwdStaging<T>& st, int s, T* buf, const Lane& L, int H, int W,
+                                               bool vec) {
+  if (s < st.nC) {
+    stage_m<G>(buf, L, st.a0, s * G::CH, H, W, vec);
+    stage_n<G>(buf, L, st.b0, s * G::CH, H, W, vec);
+  } else if (st.b1 != nullptr && s < st.nC + st.n1) {
+    stage_n<G>(buf, L, *st.b1, (s - st.nC) * G::CH, H, W, vec);
+  } else if (s < st.nC + st.n1 + SPLIT * st.nV) {
+    const int d = st.b1 != nullptr ? s - st.nC - st.n1 : s - st.nC, c0 = (SPLIT > 1 ? d % st.nV : d) * G::CH;
+    stage_m<G>(buf, L, st.a2, c0, H, W, vec);
+    stage_n<G>(buf, L, st.b2, c0, H, W, vec);
+  } else {
+    stage_n<G>(buf, L, st.b3, (s - st.nC - st.n1 - SPLIT * st.nV) * G::CH, H, W, vec);
+  }
+}
+
+// P (every column) and D (one part) start at 0.
+template <int NT, int PART>
+__device__ __forceinline__ void zero_scores(float (&P)[NT][4], float (&D)[PART][4]) {
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) P[j][e] = 0.f;
+#pragma unroll
+  for (int j = 0; j < PART; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) D[j][e] = 0.f;
+}
+
 template <typename T, int K>
 __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
     local_attn_v2_query_grad_kernel(const LocalAttnV2Params p, const T* __restrict__ dout, const T* __restrict__ q,
@@ -120,14 +169,7 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
                  gi = image(dout, n, p.Cv, p);
     T* dqn = dq + n * static_cast<int64_t>(p.C) * hw;
     float P[G::NT][4], D[PART][4];
-#pragma unroll
-    for (int j = 0; j < G::NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) P[j][e] = 0.f;
-#pragma unroll
-    for (int j = 0; j < PART; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) D[j][e] = 0.f;
+    zero_scores(P, D);
     float lse[2], delta[2] = {0.f, 0.f};  // delta: accumulated by the O pass (SPLIT > 1)
     const auto quad_delta = [&](float (&dl)[2]) {  // a lane's partial deltas summed over its quad
       dl[0] = quad_sum(dl[0]);
@@ -151,20 +193,10 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
           P, D, part, L, scale, [&](const Lane&, int, int e) { return dl[e >> 1]; },
           [&](const Pair& pr, int, int) { return pr.window && inside(pr.cy, pr.cx, p.H, p.W); });
     };
+    const BwdStaging<T> staging{qi, ki, nullptr, gi, vi, ki, nC, nV, nO};
     pipeline<G>(
         smem, nC + nO + SPLIT * nV + nC,
-        [&](int s, T* buf) {
-          if (s < nC) {
-            stage_m<G>(buf, L, qi, s * G::CH, p.H, p.W, vec);
-            stage_n<G>(buf, L, ki, s * G::CH, p.H, p.W, vec);
-          } else if (s < nC + nO + SPLIT * nV) {
-            const int c0 = (SPLIT > 1 ? (s - nC) % nV : s - nC) * G::CH;
-            stage_m<G>(buf, L, gi, c0, p.H, p.W, vec);
-            stage_n<G>(buf, L, vi, c0, p.H, p.W, vec);
-          } else {
-            stage_n<G>(buf, L, ki, (s - nC - nO - SPLIT * nV) * G::CH, p.H, p.W, vec);
-          }
-        },
+        [&](int s, T* buf) { stage_backward<G, SPLIT>(staging, s, buf, L, p.H, p.W, vec); },
         [&](int s, T* buf) {
           if (s < nC) {
             dot_chunk<G>(P, buf, L);
@@ -242,36 +274,17 @@ __global__ void __launch_bounds__(BwdGeo<T, K>::THREADS, BwdCfg<K>::MIN_BLOCKS)
       halo_stats[2 * r + 1] = in ? st[1] : 0.f;
     }
     float P[G::NT][4], D[PART][4];
-#pragma unroll
-    for (int j = 0; j < G::NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) P[j][e] = 0.f;
-#pragma unroll
-    for (int j = 0; j < PART; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) D[j][e] = 0.f;
+    zero_scores(P, D);
     const auto finish = [&](int part) {  // dS^T of part `part` (P^T is already 0 at the unreal pairs)
       finish_part<G>(
           P, D, part, L, scale,
           [&](const Lane& F, int j, int e) { return halo_stats[2 * n_row<G>(F, 8 * j + 2 * F.t + (e & 1)) + 1]; },
           [](const Pair&, int, int) { return true; });
     };
+    const BwdStaging<T> staging{ki, qi, &gi, vi, gi, qi, nC, nV, nV};
     pipeline<G>(
         smem, nC + nV + SPLIT * nV + nC,
-        [&](int s, T* buf) {
-          if (s < nC) {
-            stage_m<G>(buf, L, ki, s * G::CH, p.H, p.W, vec);
-            stage_n<G>(buf, L, qi, s * G::CH, p.H, p.W, vec);
-          } else if (s < nC + nV) {
-            stage_n<G>(buf, L, gi, (s - nC) * G::CH, p.H, p.W, vec);
-          } else if (s < nC + nV + SPLIT * nV) {
-            const int c0 = (s - nC - nV) % nV * G::CH;
-            stage_m<G>(buf, L, vi, c0, p.H, p.W, vec);
-            stage_n<G>(buf, L, gi, c0, p.H, p.W, vec);
-          } else {
-            stage_n<G>(buf, L, qi, (s - nC - nV - SPLIT * nV) * G::CH, p.H, p.W, vec);
-          }
-        },
+        [&](int s, T* buf) { stage_backward<G, SPLIT>(staging, s, buf, L, p.H, p.W, vec); },
         [&](int s, T* buf) {
           if (s < nC) {
             dot_chunk<G>(P, buf, L);
