@@ -40,6 +40,7 @@ using cpu::strides_of;
 using cpu_creff::CreffData;
 using cpu_creff::CreffGradData;
 using cpu_creff::kPad;
+using cpu_creff::RowBuffer;
 using cpu_creff::StripPlan;
 
 #define ARSEG_ISA_BODY "creff_backward_stream.inc"

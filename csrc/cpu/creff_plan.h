@@ -3,7 +3,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <new>
+#include <vector>
 
 #include "../creff_math.h"
 #include "../local_attn_math.h"  // kMaxKernelSize
@@ -18,6 +21,26 @@ using cpu::Strides4;
 // attention reads K/2 columns beyond a strip, the k/v convolutions one more).
 constexpr int64_t kPad = 8;
 static_assert(kPad >= kMaxKernelSize / 2 + 1, "strip halo too small for the largest window");
+
+// The ring buffers' storage starts on a cache line. Their rows are a multiple of 16 floats wide (a strip's chunks
+// plus 2 kPad), so the attention's two window loads of a chunk (band_attention.inc: load_window, at the chunk's
+// column - 8) are aligned and never split across two cache lines.
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+template <typename T>
+using RowBuffer = std::vector<T, CacheLineAllocator<T>>;
 
 template <typename scalar_t, typename acc_t>
 struct CreffData {

@@ -36,6 +36,7 @@ namespace cpu_local_attn {
 using cpu::Strides4;
 using cpu::strides_of;
 using cpu_creff::kPad;
+using cpu_creff::RowBuffer;
 using cpu_creff::StripPlan;
 
 // One call of the forward: q, k, v and the output, each through its strides.
