@@ -22,9 +22,10 @@ using cpu::Strides4;
 constexpr int64_t kPad = 8;
 static_assert(kPad >= kMaxKernelSize / 2 + 1, "strip halo too small for the largest window");
 
-// The ring buffers' storage starts on a cache line. Their rows are a multiple of 16 floats wide (a strip's chunks
-// plus 2 kPad), so the attention's two window loads of a chunk (band_attention.inc: load_window, at the chunk's
-// column - 8) are aligned and never split across two cache lines.
+// Storage that starts on a cache line: the CPU kernels' ring buffers and their vectors (V needs its own width's
+// alignment). Ring rows are a multiple of 16 floats wide (a strip's chunks plus 2 kPad), so the attention's two
+// window loads of a chunk (band_attention.inc: load_window, at the chunk's column - 8) are aligned and never
+// split across two cache lines.
 template <typename T>
 struct CacheLineAllocator {
   using value_type = T;
