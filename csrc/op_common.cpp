@@ -4,10 +4,15 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
 #include <string>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace arseg {
 
@@ -190,8 +195,28 @@ void set_experimental_kernels(const std::string& names) {
 void set_poison_outputs(bool on) { g_poison_outputs.store(on); }
 bool poison_outputs() { return g_poison_outputs.load(); }
 
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20, kMinBytes = uintptr_t(32) << 20;
+  if (!t.device().is_cpu() || !t.has_storage() || t.storage().nbytes() < kMinBytes) return;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.storage().data());
+  const uintptr_t lo = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t hi = (begin + t.storage().nbytes()) & ~(kHugePage - 1);
+  if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice: errors ignored
+#else
+  (void)t;
+#endif
+}
+
+at::Tensor new_cpu_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+  advise_huge_pages(out);
+  return out;
+}
+
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor out = at::empty(sizes, options);
+  advise_huge_pages(out);
   if (poison_outputs()) out.fill_(std::numeric_limits<double>::quiet_NaN());
   return out;
 }

@@ -57,8 +57,20 @@ at::Tensor creff_warp_backward_feature(const at::Tensor& d_hr, const at::Tensor&
 void check_grad_like(const char* op, const at::Tensor& grad, const at::Tensor& like, const char* like_name);
 
 // Allocates an operator output. When poisoning is on (tests only: arseg_ops._loader.poison_outputs), the memory is
-// filled with NaN first, so an element a kernel forgets to write shows up in every comparison.
+// filled with NaN first, so an element a kernel forgets to write shows up in every comparison. Large CPU outputs
+// get huge-page advice (advise_huge_pages).
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// at::empty + advise_huge_pages: a large CPU scratch buffer the kernel writes in full.
+at::Tensor new_cpu_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// A CPU buffer of >= 32 MiB is a fresh mmap (glibc maps every allocation above its 32 MiB mmap ceiling anew and
+// unmaps it when freed), so its first write takes one page fault per 4 KiB on every call: at 64x720x960 float
+// (177 MB) that was a fifth of creff's CPU forward on the project's VM. Advising huge pages over the buffer's
+// 2 MiB-aligned interior (Linux THP; "madvise", the common default mode, honours only advised ranges) makes it one
+// fault per 2 MiB. Advice only: no effect elsewhere or when the kernel declines. Smaller buffers are left alone:
+// glibc recycles them from its heap, where they fault once, not per call.
+void advise_huge_pages(const at::Tensor& t);
 void set_poison_outputs(bool on);
 bool poison_outputs();
 

@@ -279,3 +279,14 @@ def test_bad_input_direct_op_call(changes, error, name):
         torch.ops.arseg_ops.creff(*args.values(), 3, 1.0, 1.0, 1.0)
     with pytest.raises(RuntimeError, match="'kernel_size'"):
         torch.ops.arseg_ops.creff(*_bad()[0].values(), 6, 1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("width", [512, 521])
+def test_outputs_larger_than_the_caches(poison, width):
+    """An output of >= 32 MiB is written with non-temporal stores of whole aligned cache lines (width 512: rows of
+    whole lines; 521: rows that start mid-line), into a buffer with huge-page advice."""
+    case = (1, 64, 260, width, 130, width // 2, 65, -(-width // 4), 7)
+    inputs = _inputs(case)
+    assert inputs[0].numel() * 4 >= 32 << 20
+    out = arseg_ops.creff(*inputs, kernel_size=7, **KW)
+    torch.testing.assert_close(out, _unfused_ops(*inputs, 7, KW["scale"], KW["mv_scale"]), **TOL[torch.float32])

@@ -111,8 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> creff_backward_cpu(
     const auto acc = key_feature.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     const at::Tensor w = weight.to(acc).contiguous(), b = bias.to(acc).contiguous();
     const at::Tensor m = mv.contiguous();
-    at::Tensor d_hr = at::empty(key_feature.sizes(), acc.memory_format(format_of(key_feature)));
-    at::Tensor lr_tx = at::empty({p.N, p.C, p.H, p.w}, acc);
+    at::Tensor d_hr = new_cpu_buffer(key_feature.sizes(), acc.memory_format(format_of(key_feature)));
+    at::Tensor lr_tx = new_cpu_buffer({p.N, p.C, p.H, p.w}, acc);
     at::Tensor dw = at::empty({tasks, 3, p.C, 10}, acc);
     const CreffGradData<scalar_t, acc_t> g{
         CreffData<scalar_t, acc_t>{p, key_feature.const_data_ptr<scalar_t>(), strides_of(key_feature),
