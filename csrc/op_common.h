@@ -65,11 +65,11 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 at::Tensor new_cpu_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // A CPU buffer of >= 32 MiB is a fresh mmap (glibc maps every allocation above its 32 MiB mmap ceiling anew and
-// unmaps it when freed), so its first write takes one page fault per 4 KiB on every call: at 64x720x960 float
-// (177 MB) that was a fifth of creff's CPU forward on the project's VM. Advising huge pages over the buffer's
-// 2 MiB-aligned interior (Linux THP; "madvise", the common default mode, honours only advised ranges) makes it one
-// fault per 2 MiB. Advice only: no effect elsewhere or when the kernel declines. Smaller buffers are left alone:
-// glibc recycles them from its heap, where they fault once, not per call.
+// unmaps it when freed), so its first write takes one page fault per 4 KiB on every call. Advising huge pages
+// over the buffer's 2 MiB-aligned interior (Linux THP; "madvise", the common default mode, honours only advised
+// ranges) makes it one fault per 2 MiB: at 64x720x960 float (177 MB) creff's CPU forward went 563 -> 485 ms on
+// the project's VM (1 thread). Advice only: no effect elsewhere or when the kernel declines. Smaller buffers are
+// left alone: glibc recycles them from its heap, where they fault once, not per call.
 void advise_huge_pages(const at::Tensor& t);
 void set_poison_outputs(bool on);
 bool poison_outputs();

@@ -285,9 +285,8 @@ def test_every_instruction_set_and_layout(monkeypatch, poison, isa, layout, dtyp
 
 @pytest.mark.parametrize("width", [512, 521])
 def test_outputs_larger_than_the_caches(poison, width):
-    """Outputs of >= 32 MiB take other CPU paths: huge-page advice for the fresh buffer and non-temporal stores of
-    whole aligned cache lines (width 512: rows of whole lines; 521: rows that start mid-line). 4x4-pixel blocks,
-    so the AVX-512 kernel gathers four runs at a time."""
+    """Outputs of >= 32 MiB get huge-page advice for their fresh buffer (width 512: rows of whole cache lines; 521:
+    rows that start mid-line). 4x4-pixel blocks, so the AVX-512 kernel gathers four runs at a time."""
     feature = torch.randn(1, 64, 260, width)
     mv = torch.randn(1, 2, 65, -(-width // 4)) * 3.0
     assert feature.numel() * 4 >= 32 << 20
